@@ -126,6 +126,7 @@ def bigram_checkpoint(path, completion: str):
   model.build_char_tokenizer(path)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
   workdir = tmp_path / 'run'
   bigram_checkpoint(str(workdir / 'hf'), '\\boxed{7}')   # a training workdir: the checkpoint sits in <workdir>/hf
