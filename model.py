@@ -206,8 +206,28 @@ def rope(x, positions, theta):
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+ATTN_CHUNK = 512   # queries per block when a call has more (training on long responses)
+
+
 def attention(q, k, v, mask):
-  """q: (B, T, H, Q); k, v: (B, S, K, Q); mask: (B, T, S) bool. Grouped heads share their kv head."""
+  """q: (B, T, H, Q); k, v: (B, S, K, Q); mask: (B, T, S) bool. Grouped heads share their kv head.
+
+  Longer than ATTN_CHUNK queries, the queries go in blocks, each recomputed in the backward pass: the (T, S)
+  scores of a head are never all live (1.75 GiB per row per layer at 7B x 4096 tokens), only a block's. Each
+  query still sees every key at once, so the result is the plain softmax attention.
+  """
+  T = q.shape[1]
+  if T <= ATTN_CHUNK:
+    return _attention(q, k, v, mask)
+  C, n = ATTN_CHUNK, -(-T // ATTN_CHUNK)
+  pad = lambda a: jnp.pad(a, [(0, 0), (0, n * C - T)] + [(0, 0)] * (a.ndim - 2))   # padded queries: sliced off
+  blocks = lambda a: pad(a).reshape(a.shape[0], n, C, *a.shape[2:]).swapaxes(0, 1)   # (n, B, C, ...)
+  block_fn = jax.checkpoint(lambda qm: _attention(qm[0], k, v, qm[1]))
+  out = jax.lax.map(block_fn, (blocks(q), blocks(mask)))                             # (n, B, C, H, Q)
+  return out.swapaxes(0, 1).reshape(q.shape[0], n * C, *q.shape[2:])[:, :T]
+
+
+def _attention(q, k, v, mask):
   B, T, H, Q = q.shape
   K = k.shape[2]
   q = q.reshape(B, T, K, H // K, Q)
@@ -242,8 +262,16 @@ def block(cfg: Config, x, w, positions, k_cache, v_cache, mask, index):
 
 
 def forward(params: dict, cfg: Config, tokens: jax.Array, positions: jax.Array, valid: jax.Array,
-            cache: Cache | None = None) -> tuple[jax.Array, Cache | None]:
+            cache: Cache | None = None, hidden_only: bool = False,
+            constrain=None) -> tuple[jax.Array, Cache | None]:
   """The one forward pass. Returns (logits (B, T, V) float32, updated cache or None).
+
+  hidden_only=True returns the final-normed hidden states (B, T, D) instead of the logits, for callers that
+  apply `unembed` to a few positions or in chunks (train.py: a (B, T, V) float32 array is the largest thing
+  a long-response training step would otherwise hold).
+  constrain(x, logical axis names) pins the residual stream's sharding (train.py passes its rules: rows over
+  the batch axes). Without it, XLA's propagation takes the FSDP-split embedding's layout for the activations
+  and all-reduces every activation instead of gathering each weight.
 
   tokens, positions: (B, T) int; valid: (B, T) bool, False for padding (padding never serves as a key).
   Without a cache, token t attends to real tokens t' <= t of the same row (training, scoring).
@@ -251,7 +279,8 @@ def forward(params: dict, cfg: Config, tokens: jax.Array, positions: jax.Array, 
   written so far (prefill when T > 1, decode when T = 1).
   """
   dt = jnp.dtype(cfg.dtype)
-  x = params['embed'].astype(dt)[tokens]                               # (B, T, D)
+  pin = constrain or (lambda a, axes: a)
+  x = pin(params['embed'].astype(dt)[tokens], ('batch', None, None))   # (B, T, D)
   T = tokens.shape[1]
   if cache is None:
     causal = jnp.tril(jnp.ones((T, T), bool))
@@ -268,18 +297,23 @@ def forward(params: dict, cfg: Config, tokens: jax.Array, positions: jax.Array, 
   def layer(x, xs):
     w, kc, vc = xs
     x, kc, vc = block(cfg, x, w, positions, kc, vc, mask, index)
-    return x, (kc, vc)
+    return pin(x, ('batch', None, None)), (kc, vc)
 
   if cfg.remat:
     layer = jax.checkpoint(layer)
   kv = (cache.k, cache.v) if cache is not None else (None, None)
   x, (k_new, v_new) = jax.lax.scan(layer, x, (params['layers'], *kv))
   x = rms_norm(x, params['final_norm'], cfg.rms_eps)
-  head = params['embed'].T if cfg.tie_embeddings else params['lm_head']   # (D, V)
-  out = jnp.einsum('btd,dv->btv', x, head.astype(dt), preferred_element_type=jnp.float32)
+  out = x if hidden_only else unembed(params, cfg, x)
   if cache is None:
     return out, None
   return out, Cache(k=k_new, v=v_new, valid=new_valid, index=index + T)
+
+
+def unembed(params: dict, cfg: Config, x: jax.Array) -> jax.Array:
+  """Final-normed hidden states (..., D) -> logits (..., V) float32 (the LM head, tied or not)."""
+  head = params['embed'].T if cfg.tie_embeddings else params['lm_head']   # (D, V)
+  return jnp.einsum('...d,dv->...v', x, head.astype(jnp.dtype(cfg.dtype)), preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -451,8 +485,16 @@ def build_char_tokenizer(path: str):
 
 
 def load_tokenizer(path: str):
-  from transformers import AutoTokenizer
+  """transformers' tokenizer for a local directory. The character tokenizer (a WordLevel tokenizer.json) is loaded
+  as a plain fast tokenizer: next to a qwen2 config.json, AutoTokenizer would wrap it in Qwen2Tokenizer, whose
+  pre-tokenizer drops the spaces."""
+  from transformers import AutoTokenizer, PreTrainedTokenizerFast
+  file = os.path.join(path, 'tokenizer.json')
   try:
+    if os.path.exists(file):
+      with open(file) as f:
+        if json.load(f).get('model', {}).get('type') == 'WordLevel':
+          return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
   except (OSError, ValueError) as e:
     raise ValueError(f'{path}: no usable tokenizer files ({e})') from None

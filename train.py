@@ -25,7 +25,7 @@ import shutil
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,6 +91,9 @@ class RunConfig:
   checkpoint_every: int = 25
   resume: bool = True
   trace_prompts: int = 2              # prompts per step written to trace.jsonl with samples, votes and rewards
+  remat: bool = False                 # recompute each layer's activations in the backward pass (model.Config.remat)
+  micro_batches: int = 1              # gradient accumulation: the update's rows in this many slices, one at a time
+  distributed: bool = False           # multi-process (multi-host): call jax.distributed.initialize() first
 
 
 FLAGS = flags.FLAGS
@@ -163,6 +166,9 @@ def validate(rl: RLConfig, dc: DataConfig, run: RunConfig) -> None:
   rows = rl.num_prompts * (rl.num_samples if rl.mode != 'sft' else 1)
   need(rows % (data_axis * fsdp) == 0,
        f'--num_prompts x --num_samples = {rows} rows do not divide over the {data_axis}x{fsdp} data x fsdp axes')
+  need(run.micro_batches >= 1 and rows % (run.micro_batches * data_axis * fsdp) == 0,
+       f'--micro_batches={run.micro_batches}: {rows} rows do not split into {run.micro_batches} slices that '
+       f'each divide over the {data_axis}x{fsdp} data x fsdp axes')
   if dc.model != EMBEDDED:
     need(os.path.isdir(dc.model), f'--model={dc.model!r} is neither {EMBEDDED!r} nor a directory')
     need(os.path.exists(os.path.join(dc.model, 'config.json')), f'--model={dc.model!r}: no config.json there')
@@ -219,6 +225,55 @@ def batch_sharding(mesh, shape):
   return logical_sharding(mesh, ('batch',) + (None,) * (len(shape) - 1), shape, 'batch')
 
 
+def constrain(x, axes):
+  """Pins an activation whose dims carry logical names to the rules' mesh axes, inside a function traced under
+  `jax.sharding.use_abstract_mesh` (the step and the scorer); elsewhere (no mesh) it returns x unchanged."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(*[RULES.get(a) if a else None
+                                                                          for a in axes]))
+
+
+# Multi-host (--distributed): one process per host, all running this same program. Every process loads the same
+# prompts in the same order (same seed), the sampler is one SPMD program over the whole mesh, and each process
+# hands the update step only the rows its own devices hold. Written for multi-host and checked here with several
+# processes on one machine only (tests/test_scale.py); not yet run on a real multi-host pod or cluster.
+
+
+def process_rows(mesh, num_rows: int) -> slice:
+  """The rows of a (num_rows, ...) batch that this process's devices hold under the batch sharding."""
+  index = batch_sharding(mesh, (num_rows,)).addressable_devices_indices_map((num_rows,))
+  starts = {i[0].indices(num_rows)[0] for i in index.values()}
+  stops = {i[0].indices(num_rows)[1] for i in index.values()}
+  lo, hi = min(starts), max(stops)
+  if (hi - lo) * jax.process_count() != num_rows:
+    raise ValueError(f'the batch rows of process {jax.process_index()} are not one contiguous block '
+                     f'({sorted(starts)}); build the mesh with each process\'s devices adjacent')
+  return slice(lo, hi)
+
+
+def global_batch(batch: dict, mesh) -> dict:
+  """A batch of host arrays, whole on every process -> global jax arrays sharded over the batch axes.
+
+  Each process contributes its own rows (process_rows) through jax.make_array_from_process_local_data, so no
+  host sends another host data; with one process that is a plain device_put."""
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    sharding = batch_sharding(mesh, v.shape)
+    out[k] = jax.make_array_from_process_local_data(sharding, v[process_rows(mesh, v.shape[0])], v.shape)
+  return out
+
+
+def host_array(x) -> np.ndarray:
+  """The whole value of a jax array on this host: a copy when local, an all-gather when it spans hosts."""
+  if getattr(x, 'is_fully_addressable', True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The SRT math: small pure functions with explicit masks.
 
@@ -248,24 +303,61 @@ def k3(logp, ref_logp):
   return jnp.exp(log_ratio) - log_ratio - 1
 
 
-def token_mean(x, mask):
+def token_mean(x, mask, count=None):
   """Average over every response token of the batch ("token-mean", the paper's loss aggregation: long and short
-  responses weigh per token, as in verl's token-mean mode). Masked entries never leak in, not even inf/NaN."""
-  return jnp.where(mask > 0, x, 0.0).sum() / jnp.maximum(mask.sum(), 1.0)
+  responses weigh per token, as in verl's token-mean mode). Masked entries never leak in, not even inf/NaN.
+  count: the tokens to divide by, by default this mask's; a micro-batch passes its whole batch's (token_count),
+  so that the micro-batches' terms sum to the batch's token-mean."""
+  count = jnp.maximum(mask.sum(), 1.0) if count is None else count
+  return jnp.where(mask > 0, x, 0.0).sum() / count
+
+
+def token_count(batch):
+  """The denominator of the batch's token-mean: response tokens of rows that count (row_weight, if any)."""
+  mask = batch['mask'] * batch['row_weight'][:, None] if 'row_weight' in batch else batch['mask']
+  return jnp.maximum(mask.sum(), 1.0)
+
+
+HEAD_CHUNK = 512   # response tokens per slice of the LM head in token_logprobs
+
+
+def _token_stats(params, cfg, x, tokens, temperature):
+  """Final-normed hidden states x (B, C, D) and the tokens they predict (B, C) -> (log-prob, entropy), (B, C),
+  under z = logits / temperature, in one pass over z: log p = z_t - lse, entropy = lse - sum softmax(z) z.
+  No log_softmax array is made; the max is a constant to autodiff (lse does not depend on it)."""
+  z = model.unembed(params, cfg, x) / temperature                              # (B, C, V) float32
+  m = jax.lax.stop_gradient(z.max(-1, keepdims=True))
+  e = jnp.exp(z - m)
+  s = e.sum(-1)                                                                # (B, C)
+  lse = m[..., 0] + jnp.log(s)
+  logp = jnp.take_along_axis(z, tokens[..., None], axis=-1)[..., 0] - lse
+  entropy = lse - (e * z).sum(-1) / s
+  return logp, entropy
 
 
 def token_logprobs(params, cfg, prompt_tokens, prompt_valid, tokens, mask, temperature):
   """Log-probs (B, N) of the completion tokens and the entropy (B, N) of each next-token distribution, under
   log_softmax(logits / temperature): the distribution the sampler drew from."""
-  Tp = prompt_tokens.shape[1]
+  B, Tp = prompt_tokens.shape
+  N = tokens.shape[1]
   seq = jnp.concatenate([prompt_tokens, tokens], axis=1)                       # (B, Tp + N)
   valid = jnp.concatenate([prompt_valid, mask > 0], axis=1)
-  logits, _ = model.forward(params, cfg, seq, model.positions_from_valid(valid), valid)
-  logits = logits[:, Tp - 1:-1] / max(temperature, 1e-6)                      # (B, N, V) predicts tokens
-  logp_all = jax.nn.log_softmax(logits, axis=-1)
-  logp = jnp.take_along_axis(logp_all, tokens[..., None], axis=-1)[..., 0]     # (B, N)
-  entropy = -(jnp.exp(logp_all) * logp_all).sum(-1)                            # (B, N)
-  return logp, entropy
+  x, _ = model.forward(params, cfg, seq, model.positions_from_valid(valid), valid, hidden_only=True,
+                       constrain=constrain)
+  x = constrain(x[:, Tp - 1:-1], ('batch', None, None))                       # (B, N, D): column n predicts tokens[:, n]
+  temperature = max(temperature, 1e-6)
+  if N <= HEAD_CHUNK:
+    return _token_stats(params, cfg, x, tokens, temperature)
+  # Long responses: the LM head in slices of HEAD_CHUNK tokens, each recomputed in the backward pass, so at most
+  # a (B, HEAD_CHUNK, V) slice of float32 logits is live instead of (B, N, V) (16 GB per row at 7B x 3072 tokens).
+  C, n = HEAD_CHUNK, -(-N // HEAD_CHUNK)
+  xs = jnp.pad(x, ((0, 0), (0, n * C - N), (0, 0))).reshape(B, n, C, -1).swapaxes(0, 1)     # (n, B, C, D)
+  ts = jnp.pad(tokens, ((0, 0), (0, n * C - N))).reshape(B, n, C).swapaxes(0, 1)          # (n, B, C)
+  stats = jax.checkpoint(lambda p, xc, tc: _token_stats(p, cfg, constrain(xc, ('batch', None, None)), tc,
+                                                       temperature))
+  logp, entropy = jax.lax.map(lambda xt: stats(params, *xt), (xs, ts))                     # (n, B, C) each
+  unchunk = lambda a: a.swapaxes(0, 1).reshape(B, n * C)[:, :N]
+  return unchunk(logp), unchunk(entropy)
 
 
 def policy_loss(params, cfg, rl: RLConfig, batch):
@@ -277,18 +369,20 @@ def policy_loss(params, cfg, rl: RLConfig, batch):
   adv = batch['advantages'][:, None]                                           # (B, 1)
   pg = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - rl.clip_eps, 1 + rl.clip_eps) * adv)
   kl = k3(logp, batch['ref_logp'])
-  loss = token_mean(pg, mask) - rl.entropy_coef * token_mean(entropy, mask)
+  mean = lambda x: token_mean(x, mask, batch.get('token_count'))   # set by the micro-batched step
+  loss = mean(pg) - rl.entropy_coef * mean(entropy)
   if rl.advantage == 'grpo':
-    loss = loss + rl.kl_coef * token_mean(kl, mask)
-  aux = {'entropy': token_mean(entropy, mask), 'kl': token_mean(kl, mask),
-         'clip_frac': token_mean((jnp.abs(ratio - 1) > rl.clip_eps).astype(jnp.float32), mask)}
+    loss = loss + rl.kl_coef * mean(kl)
+  aux = {'entropy': mean(entropy), 'kl': mean(kl),
+         'clip_frac': mean((jnp.abs(ratio - 1) > rl.clip_eps).astype(jnp.float32))}
   return loss, aux
 
 
 def sft_loss(params, cfg, rl: RLConfig, batch):
   logp, entropy = token_logprobs(params, cfg, batch['prompt_tokens'], batch['prompt_valid'], batch['tokens'],
                                  batch['mask'], 1.0)
-  return -token_mean(logp, batch['mask']), {'entropy': token_mean(entropy, batch['mask'])}
+  mean = lambda x: token_mean(x, batch['mask'], batch.get('token_count'))
+  return -mean(logp), {'entropy': mean(entropy)}
 
 
 def make_optimizer(rl: RLConfig, learning_rate: float):
@@ -296,26 +390,66 @@ def make_optimizer(rl: RLConfig, learning_rate: float):
                      optax.adamw(learning_rate, b1=0.9, b2=0.999, weight_decay=rl.weight_decay))
 
 
-def make_train_step(cfg, rl, optimizer, loss_fn, state_shardings, mesh):
-  """One jitted optimizer step over the mesh: state sharded like the rules say, batch rows over data x fsdp."""
+def make_train_step(cfg, rl, optimizer, loss_fn, state_shardings, mesh, micro_batches=1):
+  """One jitted optimizer step over the mesh: state sharded like the rules say, batch rows over data x fsdp.
+
+  micro_batches=M > 1 accumulates the gradient over M slices of the rows (lax.scan), so only one slice's
+  activations are live. Every slice divides by the whole batch's token count, so the summed loss and gradient
+  are the batch's token-mean: the same update as M=1 up to float rounding (tests/test_scale.py).
+  """
+  batch_spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(RULES['batch']))
+
+  def loss_and_grads(params, batch):
+    grad_fn = jax.value_and_grad(lambda p, b: loss_fn(p, cfg, rl, b), has_aux=True)
+    if micro_batches == 1:
+      return grad_fn(params, batch)
+    count = token_count(batch)
+    slices = split_rows(batch, micro_batches)
+
+    def add(acc, b):
+      b = jax.lax.with_sharding_constraint(b, batch_spec)
+      out = grad_fn(params, dict(b, token_count=count))
+      return jax.tree.map(lambda a, x: a + x.astype(jnp.float32), acc, out), None
+
+    # Float32 sums, the gradient sum sharded like the parameters.
+    shapes = jax.eval_shape(grad_fn, params, dict(jax.tree.map(lambda a: a[0], slices), token_count=count))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+    zeros = (zeros[0], jax.lax.with_sharding_constraint(zeros[1], state_shardings['params']))
+    (loss_aux, grads), _ = jax.lax.scan(add, zeros, slices)
+    return loss_aux, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+
   def step(state, batch):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], cfg, rl, batch)
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):   # activations pinned by `constrain`
+      (loss, aux), grads = loss_and_grads(state['params'], batch)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     aux = dict(aux, loss=loss, grad_norm=optax.global_norm(grads))
     return {'params': params, 'opt_state': opt_state}, aux
-  batch_spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(RULES['batch']))
   return jax.jit(step, in_shardings=(state_shardings, batch_spec), out_shardings=(state_shardings, None),
                  donate_argnums=0)
 
 
-def make_scorer(cfg, rl, mesh):
-  """Jitted log-probs of completions under some parameters (the KL reference)."""
+def make_scorer(cfg, rl, mesh, micro_batches=1):
+  """Jitted log-probs of completions under some parameters (the KL reference), micro_batches slices at a time."""
   batch_spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(RULES['batch']))
-  def score(params, b):
+  def score_slice(params, b):
+    b = jax.lax.with_sharding_constraint(b, batch_spec)
     return token_logprobs(params, cfg, b['prompt_tokens'], b['prompt_valid'], b['tokens'], b['mask'],
                           rl.temperature)[0]
+  def score(params, b):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      if micro_batches == 1:
+        return score_slice(params, b)
+      logp = jax.lax.map(lambda s: score_slice(params, s), split_rows(b, micro_batches))   # (M, B / M, N)
+      return jnp.swapaxes(logp, 0, 1).reshape(-1, logp.shape[-1])                          # rows back in order
   return jax.jit(score, in_shardings=(None, batch_spec))
+
+
+def split_rows(batch, micro_batches):
+  """Leaves (B, ...) -> (M, B / M, ...). Slice m takes rows m, m + M, m + 2M, ...: with rows sharded in
+  contiguous blocks, every device keeps its own rows, and nothing moves between devices."""
+  M = micro_batches
+  return jax.tree.map(lambda a: jnp.swapaxes(a.reshape(a.shape[0] // M, M, *a.shape[1:]), 0, 1), batch)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -354,7 +488,7 @@ class Rollouts:
     ro = sample_lib.sample(params, self.cfg, self.prompt_ids(examples), num_samples=rl.num_samples,
                            max_new_tokens=rl.max_new_tokens, temperature=rl.temperature, top_p=rl.top_p,
                            key=key, eos_ids=[self.tok.eos_token_id], pad_id=self.tok.pad_token_id or 0, mesh=self.mesh)
-    ro = {k: np.asarray(getattr(ro, k)) for k in ('tokens', 'logprobs', 'mask', 'lengths', 'prompt_tokens',
+    ro = {k: host_array(getattr(ro, k)) for k in ('tokens', 'logprobs', 'mask', 'lengths', 'prompt_tokens',
                                                  'prompt_valid')}
     texts = decode_completions(self.tok, ro['tokens'], ro['mask'])
     return ro, texts, [vote.extract_answer(t) for t in texts]
@@ -445,10 +579,12 @@ def sft_batch(tokenizer, examples, max_new_tokens):
   prompts = [tokenizer(ex.prompt, add_special_tokens=False)['input_ids'] for ex in examples]
   targets = [tokenizer(ex.target, add_special_tokens=False)['input_ids'][:max_new_tokens - 1]
              + [tokenizer.eos_token_id] for ex in examples]
-  Tp = 16 * -(-max(len(p) for p in prompts) // 16)   # a multiple of 16, so batches share one compiled shape
+  # Widths rounded up to multiples of 16: few distinct shapes to compile, little padding to compute on.
+  Tp = 16 * -(-max(len(p) for p in prompts) // 16)
+  N = min(max_new_tokens, 16 * -(-max(len(t) for t in targets) // 16))
   B = len(examples)
   pt, pv = np.zeros((B, Tp), np.int32), np.zeros((B, Tp), bool)
-  tt, tm = np.zeros((B, max_new_tokens), np.int32), np.zeros((B, max_new_tokens), np.float32)
+  tt, tm = np.zeros((B, N), np.int32), np.zeros((B, N), np.float32)
   for i, (p, t) in enumerate(zip(prompts, targets)):
     pt[i, Tp - len(p):], pv[i, Tp - len(p):] = p, True
     tt[i, :len(t)], tm[i, :len(t)] = t, 1.0
@@ -500,6 +636,7 @@ def run(rl: RLConfig, dc: DataConfig, run_cfg: RunConfig, datasets, *, log_prefi
 
   train_examples, eval_examples, val_examples, verifier = datasets
   cfg, params0, tokenizer, tok_dir = load_policy(dc, workdir, rl.seed)
+  cfg = dataclasses.replace(cfg, remat=run_cfg.remat)
   p_shard = param_shardings(cfg, mesh)
   params0 = jax.device_put(params0, p_shard)
   optimizer = make_optimizer(rl, rl.learning_rate)
@@ -557,8 +694,8 @@ def run(rl: RLConfig, dc: DataConfig, run_cfg: RunConfig, datasets, *, log_prefi
     summary['before'] = evaluate(params0, eval_examples, 'held-out before')
 
   loss_fn = sft_loss if rl.mode == 'sft' else policy_loss
-  train_step = make_train_step(cfg, rl, optimizer, loss_fn, state_shardings, mesh)
-  scorer = make_scorer(cfg, rl, mesh) if rl.kl_coef > 0 else None
+  train_step = make_train_step(cfg, rl, optimizer, loss_fn, state_shardings, mesh, run_cfg.micro_batches)
+  scorer = make_scorer(cfg, rl, mesh, run_cfg.micro_batches) if rl.kl_coef > 0 else None
   base_key = jax.random.key(rl.seed)
   n = len(train_examples)
   order = lambda epoch: np.random.RandomState(rl.seed + epoch).permutation(n)
@@ -596,6 +733,7 @@ def run(rl: RLConfig, dc: DataConfig, run_cfg: RunConfig, datasets, *, log_prefi
       batch['row_weight'] = np.repeat(batch.pop('group_weight'), rl.num_samples).astype(np.float32)
       for t in trace:
         logger.write(logger.trace, dict(t, step=step + 1))
+    batch = global_batch(batch, mesh)
     for _ in range(rl.updates_per_batch):
       state, aux = train_step(state, batch)
     aux = jax.device_get(aux)
@@ -714,7 +852,7 @@ def warm_start(rl, dc, run_cfg):
                               num_prompts=64, num_samples=1)
   ws_dc = dataclasses.replace(dc, data=EMBEDDED_WARMSTART_DATA, data_size=dc.warmstart_steps * 64, eval_prompts=0,
                               val_prompts=0, eval_every=0)
-  ws_run = dataclasses.replace(run_cfg, workdir=ws_dir, checkpoint_every=500)
+  ws_run = dataclasses.replace(run_cfg, workdir=ws_dir, checkpoint_every=500, micro_batches=1)
   validate(ws_rl, ws_dc, ws_run)
   check_run_identity(ws_dir, {'model': EMBEDDED, 'mode': 'sft', 'data': ws_dc.data})
   run(ws_rl, ws_dc, ws_run, load_data(ws_rl, ws_dc), log_prefix='warm start: ')
@@ -744,6 +882,11 @@ def plot(workdir):
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)   # orbax logs every file it writes at INFO
+  if FLAGS.distributed:
+    # One process per host; the coordinator, process count and id come from the environment (TPU pod metadata,
+    # SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID). Before any device use.
+    jax.distributed.initialize()
   try:
     rl, dc, run_cfg = configs_from_flags()
     datasets = load_data(rl, dc)
@@ -760,7 +903,8 @@ def main(argv):
     print(f'\nheld-out, k={k}     ' + '  '.join(f'{m:>10}' for m in ('avg@k', 'maj@k', 'pass@k', 'parse_rate')))
     for when in ('before', 'after'):
       print(f'{when:<18}' + '  '.join(f'{summary[when][m]:>10.3f}' for m in ('avg@k', 'maj@k', 'pass@k', 'parse_rate')))
-  print(f'\nwrote {run_cfg.workdir}/metrics.jsonl, trace.jsonl, summary.json, training_curves.png and {hf_dir}')
+  made = 'metrics.jsonl, summary.json' + (', trace.jsonl, training_curves.png' if rl.mode != 'sft' else '')
+  print(f'\nwrote {made} in {run_cfg.workdir}, and a Hugging Face export in {hf_dir}')
 
 
 if __name__ == '__main__':

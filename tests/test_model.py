@@ -277,9 +277,13 @@ def test_truncated_safetensors(tmp_path):
 
 
 def test_char_tokenizer_round_trip(tmp_path):
-  model.build_char_tokenizer(str(tmp_path))
-  tok = model.load_tokenizer(str(tmp_path))
+  model.build_char_tokenizer(str(tmp_path / 'tok'))
+  cfg = tiny_cfg(vocab_size=len(model.CHAR_VOCAB))
+  # Also through an export: next to a qwen2 config.json the tokenizer must still keep every character.
+  model.save_hf_checkpoint(str(tmp_path / 'hf'), cfg, random_params(cfg), tokenizer_dir=str(tmp_path / 'tok'))
   text = 'Compute 12 - 7 + 3.\n12 - 7 = 5, 5 + 3 = 8. \\boxed{8}'
-  ids = tok(text)['input_ids']
-  assert len(ids) == len(text) and tok.decode(ids) == text
-  assert tok.eos_token_id == 1 and tok.pad_token_id == 0
+  for d in ('tok', 'hf'):
+    tok = model.load_tokenizer(str(tmp_path / d))
+    ids = tok(text, add_special_tokens=False)['input_ids']
+    assert len(ids) == len(text) and tok.decode(ids) == text
+    assert tok.eos_token_id == 1 and tok.pad_token_id == 0
