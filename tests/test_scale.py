@@ -1,0 +1,211 @@
+"""Scale: the sharding rules on two meshes, gradient accumulation, checkpoints across meshes, the memory plan.
+
+All on the eight fake CPU devices of conftest.py, with configs small enough to compile in seconds.
+"""
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import model
+import sample
+import train
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench'))
+import plan  # noqa: E402
+
+# Every sharded dimension divides on both meshes: heads 8 and kv heads 4 over tensor=4, model dim 32 over fsdp=4.
+CFG = model.Config(vocab_size=64, d_model=32, num_layers=2, num_heads=8, num_kv_heads=4, head_dim=8, mlp_dim=48)
+MESHES = ((2, 4, 1), (1, 2, 4))
+
+
+def rules_spec(axes):
+  """What the rules table says for a leaf with these logical axes, read off train.RULES directly."""
+  return P(*[train.RULES.get(a) if a else None for a in axes])
+
+
+def random_batch(rows, Tp=4, N=6, V=64, seed=0):
+  rng = np.random.RandomState(seed)
+  return {'prompt_tokens': rng.randint(0, V, (rows, Tp)).astype(np.int32), 'prompt_valid': np.ones((rows, Tp), bool),
+          'tokens': rng.randint(0, V, (rows, N)).astype(np.int32),
+          'mask': (np.arange(N)[None] < rng.randint(1, N + 1, (rows, 1))).astype(np.float32),
+          'old_logp': -rng.rand(rows, N).astype(np.float32) * 4, 'ref_logp': -rng.rand(rows, N).astype(np.float32) * 4,
+          'advantages': rng.randn(rows).astype(np.float32),
+          'row_weight': (rng.rand(rows) > 0.25).astype(np.float32)}   # some unlabelled prompts: weight 0
+
+
+def one_step(mesh_sizes, params, batch, rl, micro_batches=1):
+  """train.run's placement (parameters, AdamW state) and one step; returns (state, aux)."""
+  mesh = train.make_mesh(mesh_sizes)
+  p_shard = train.param_shardings(CFG, mesh)
+  opt = train.make_optimizer(rl, rl.learning_rate)
+  replicated = jax.sharding.NamedSharding(mesh, P())
+  opt_shard = train.optax.tree_map_params(opt, lambda _, s: s, jax.eval_shape(opt.init, params), p_shard,
+                                          transform_non_params=lambda _: replicated)
+  shardings = {'params': p_shard, 'opt_state': opt_shard}
+  params = jax.device_put(jax.tree.map(jnp.copy, params), p_shard)   # the step donates its input
+  state = {'params': params, 'opt_state': jax.jit(opt.init, out_shardings=opt_shard)(params)}
+  step = train.make_train_step(CFG, rl, opt, train.policy_loss, shardings, mesh, micro_batches)
+  return step(state, train.global_batch(batch, mesh))
+
+
+RL = train.RLConfig(learning_rate=1e-2, kl_coef=0.1, advantage='grpo', entropy_coef=0.01)
+
+
+@pytest.fixture(scope='module')
+def steps():
+  """One step on each mesh, and on the first mesh with the rows in 4 micro-batches (1 row per device each)."""
+  params = model.init_params(CFG, jax.random.key(0))
+  batch = random_batch(32)
+  out = {sizes: one_step(sizes, params, batch, RL) for sizes in MESHES}
+  out['micro'] = one_step(MESHES[0], params, batch, RL, micro_batches=4)
+  return out
+
+
+def test_parameters_and_optimizer_state_follow_the_rules_on_two_meshes(steps):
+  axes = model.param_axes(CFG)
+  is_leaf = lambda x: isinstance(x, tuple)
+  for sizes in MESHES:
+    state, _ = steps[sizes]
+    adam = state['opt_state'][1][0]
+    for tree in (state['params'], adam.mu, adam.nu):
+      specs = jax.tree.map(lambda a: a.sharding.spec, tree)
+      assert specs == jax.tree.map(rules_spec, axes, is_leaf=is_leaf), sizes
+    assert adam.count.sharding.spec == P()
+  # The tensor axis really splits: on (1, 2, 4) a device holds 2 of the 8 query heads and half the model dim.
+  q = steps[(1, 2, 4)][0]['params']['layers']['q']
+  assert q.addressable_shards[0].data.shape == (2, 16, 2, 8)
+  # One step gives the same update on both meshes (float32 sums in another order: see test_train.py).
+  for a, b in zip(jax.tree.leaves(steps[MESHES[0]]), jax.tree.leaves(steps[MESHES[1]])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
+
+
+def test_micro_batches_give_the_same_update(steps):
+  """4 slices of 8 rows, each normalised by the whole batch's token count, sum to the batch's token-mean.
+  Some rows have weight 0 and lengths differ, so a per-slice mean would give another loss and gradient."""
+  (full, aux_full), (micro, aux_micro) = steps[MESHES[0]], steps['micro']
+  for k in aux_full:
+    np.testing.assert_allclose(float(aux_micro[k]), float(aux_full[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(micro)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
+  # The per-slice-mean alternative really differs here (so the check above can fail).
+  batch = random_batch(32)
+  count = lambda rows: (batch['mask'][rows] * batch['row_weight'][rows, None]).sum()
+  assert abs(count(slice(0, None, 4)) * 4 - count(slice(None))) > 1
+
+
+def test_micro_batches_must_divide():
+  rl = train.RLConfig(num_prompts=4, num_samples=4)
+  with pytest.raises(train.FlagError, match='--micro_batches=4: 16 rows do not split into 4 slices'):
+    train.validate(rl, train.DataConfig(), train.RunConfig(mesh=(2, 4, 1), micro_batches=4))
+  with pytest.raises(ValueError, match='does not divide over mesh axes'):
+    train.global_batch(random_batch(12), train.make_mesh((2, 4, 1)))
+
+
+def test_chunked_head_and_attention_equal_the_plain_ones(monkeypatch):
+  """Log-probs, entropies and their gradients with the LM head in 4-token slices and the attention in 3-query
+  blocks (padding both) equal the one-shot computation."""
+  cfg = model.Config(vocab_size=61, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=24)
+  params = model.init_params(cfg, jax.random.key(1))
+  b = random_batch(3, Tp=5, N=11, V=61, seed=3)
+  b['prompt_valid'][0, :2] = False
+
+  def run():   # traced again after the patches below (a new function each call)
+    def f(p):
+      logp, ent = train.token_logprobs(p, cfg, b['prompt_tokens'], b['prompt_valid'], b['tokens'], b['mask'], 0.7)
+      return (logp * b['mask']).sum() + 0.1 * ent.sum(), (logp, ent)
+    return jax.jit(jax.grad(f, has_aux=True))(params)
+
+  grads, (logp, ent) = run()
+  monkeypatch.setattr(train, 'HEAD_CHUNK', 4)
+  monkeypatch.setattr(model, 'ATTN_CHUNK', 3)
+  grads_c, (logp_c, ent_c) = run()
+  np.testing.assert_allclose(logp_c, logp, atol=1e-5)
+  np.testing.assert_allclose(ent_c, ent, atol=1e-5)
+  for a, c in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_c)):
+    np.testing.assert_allclose(c, a, atol=1e-5)
+  # And against log_softmax written out (rows 1 and 2 have no padding, so model.logits sees what the loss sees).
+  seq = np.concatenate([b['prompt_tokens'], b['tokens']], 1)[1:]
+  full = jax.nn.log_softmax(model.logits(params, cfg, jnp.asarray(seq))[:, 4:-1] / 0.7)     # (2, N, V)
+  real = b['mask'][1:] > 0   # after a row's end the loss masks the tokens out as keys; model.logits does not
+  want_logp = np.take_along_axis(np.asarray(full), b['tokens'][1:, :, None], -1)[..., 0]
+  np.testing.assert_allclose(np.asarray(logp[1:])[real], want_logp[real], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(ent[1:])[real], np.asarray(-(jnp.exp(full) * full).sum(-1))[real], atol=1e-5)
+
+
+def test_sampler_rows_and_cache_split_over_the_batch_axes():
+  """With train's rules the sampler splits the P x G rows (and so their KV cache) over data x fsdp, and samples
+  what the unsharded sampler samples."""
+  cfg = model.Config(vocab_size=64, d_model=32, num_layers=1, num_heads=8, num_kv_heads=4, head_dim=8, mlp_dim=48)
+  params = model.init_params(cfg, jax.random.key(2))
+  prompts = [[3, 4, 5], [6, 7]]
+  kw = dict(num_samples=8, max_new_tokens=5, temperature=1.0, key=jax.random.key(3), eos_ids=[])
+  want = sample.sample(params, cfg, prompts, **kw)
+  mesh = train.make_mesh((2, 4, 1))
+  got = sample.sample(jax.device_put(params, train.param_shardings(cfg, mesh)), cfg, prompts, mesh=mesh,
+                      batch_axes=train.RULES['batch'], **kw)
+  assert got.tokens.sharding.spec == P(('data', 'fsdp'))
+  assert {s.data.shape[0] for s in got.tokens.addressable_shards} == {2}   # 16 rows, 2 per device
+  np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
+  np.testing.assert_allclose(np.asarray(got.logprobs), np.asarray(want.logprobs), atol=1e-5)
+  with pytest.raises(ValueError, match='2 prompts x 3 samples do not divide over the 8-way data x fsdp axes'):
+    sample.sample(params, cfg, prompts, mesh=mesh, batch_axes=train.RULES['batch'], **dict(kw, num_samples=3))
+
+
+def test_checkpoint_written_on_one_mesh_restores_onto_another(tmp_path):
+  """train.run's checkpoint layout, written from a (2, 4, 1) mesh, read onto (1, 2, 4) and (8, 1, 1) by giving
+  the target shardings: the same logits."""
+  params = model.init_params(CFG, jax.random.key(4))
+  tokens = jnp.asarray(np.random.RandomState(0).randint(0, 64, (8, 12)), jnp.int32)
+  want = np.asarray(model.logits(params, CFG, tokens))
+  src = jax.device_put(params, train.param_shardings(CFG, train.make_mesh((2, 4, 1))))
+  mngr = train.checkpoint_manager(str(tmp_path))
+  mngr.save(3, args=train.ocp.args.Composite(state=train.ocp.args.StandardSave({'params': src}),
+                                             meta=train.ocp.args.JsonSave({'data_pos': 24, 'step': 3})), force=True)
+  mngr.wait_until_finished()
+  for sizes in ((1, 2, 4), (8, 1, 1)):
+    shardings = train.param_shardings(CFG, train.make_mesh(sizes))
+    target = {'params': jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), params,
+                                     shardings)}
+    restored = train.checkpoint_manager(str(tmp_path)).restore(3, args=train.ocp.args.Composite(
+        state=train.ocp.args.StandardRestore(target), meta=train.ocp.args.JsonRestore()))
+    got = restored['state']['params']
+    assert jax.tree.map(lambda a: a.sharding, got) == shardings
+    assert restored['meta']['data_pos'] == 24
+    np.testing.assert_allclose(np.asarray(model.logits(got, CFG, tokens)), want, atol=1e-5)
+
+
+def test_global_batch_places_each_processes_rows():
+  mesh = train.make_mesh((2, 4, 1))
+  batch = random_batch(16)
+  got = train.global_batch(batch, mesh)
+  assert train.process_rows(mesh, 16) == slice(0, 16)   # one process holds every row
+  for k, v in batch.items():
+    assert got[k].sharding.spec[0] == ('data', 'fsdp') and got[k].shape == v.shape
+    np.testing.assert_array_equal(np.asarray(got[k]), v)
+
+
+def test_plan_compiles_and_scales_with_the_batch():
+  """The memory plan of a tiny config: twice the rows per micro-batch needs more scratch memory and the same
+  arguments; the sampler holds the parameters and at least its rows' KV cache."""
+  cfg = model.Config(vocab_size=256, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                     mlp_dim=128)
+  out = plan.run_plan(cfg=cfg, mesh=(2, 4, 1), num_prompts=4, num_samples=8, prompt_len=16, response_len=64,
+                      param_dtype='float32', dtype='float32', kl=False, micro_rows=[1, 2], sampler_prompts=[4],
+                      log=lambda *a: None)
+  u1, u2 = out['update'][1], out['update'][2]
+  assert u1.argument == u2.argument and u2.temp > 1.3 * u1.temp
+  # Parameters (float32, split over the 4-way fsdp axis) and AdamW's two moments.
+  n = sum(int(np.prod(s)) for s in jax.tree.leaves(model.param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple)))
+  assert abs(out['params'] - 4 * n / 4) < 4 * n / 4 * 0.05 and abs(out['opt_state'] - 2 * out['params']) < 64
+  s4 = out['sampler'][4]   # parameters plus the prompts; the KV cache of 32 rows is scratch
+  kv_cache = 2 * 2 * 32 * (16 + 64) * 2 * 16 * 4 / 8    # k and v, 2 layers, rows, slots, kv heads, head dim, f32
+  assert out['params'] <= s4.argument < out['params'] + 1024 and s4.temp > kv_cache
+  assert u1.need > out['params'] + out['opt_state']
+  text = plan.report(out, type('A', (), dict(model_shape='tiny', mesh='2,4,1', num_prompts=4, num_samples=8,
+                                             prompt_len=16, response_len=64, remat=True)), 0.9)
+  assert "| update | 2 rows/device/micro-batch (2 micro-batches) |" in text and 'H200: update 2 rows' in text
