@@ -1,0 +1,390 @@
+"""Sampling G completions per prompt from the policy: one jitted prefill + `lax.while_loop` decode.
+
+    rollout = sample(params, cfg, [[5, 9, 2], [7, 7]], num_samples=4, max_new_tokens=64, temperature=1.0,
+                     key=jax.random.key(0), eos_ids=[1])
+    rollout.tokens[i * 4 + g]                          # sample g of prompt i, (N,) int32, pad_id after EOS
+    texts = generate(params, cfg, tokenizer, ['What is 2+3?'], num_samples=4, max_new_tokens=64,
+                     temperature=1.0, key=jax.random.key(0))   # [[4 strings]]
+
+How it works (one compiled function per bucket of prompt length and batch shape):
+  1) The P prompts are left-padded to a bucket length Tp (a power of two >= 16), so that a new prompt length
+     reuses the compiled loop, and every prompt's last token sits in the last column.
+  2) Prefill: `model.forward` runs the P prompts once, all but that last column, into a KV cache.
+  3) The cache is repeated G times along the batch axis (rows of one prompt stay adjacent: i*G .. i*G+G-1),
+     so a prompt is prefilled once however many samples it gets, and grown to S = Tp - 1 + N slots.
+  4) Decode: a `lax.while_loop` over a `_State` feeds each row's last token (the last prompt token first; its
+     position = prompt length - 1 + step), samples the next with key `fold_in(key, step)`, and stops as soon as
+     every row has emitted an EOS id or N tokens.
+The decode step is `decode_step`, the model's arithmetic rewritten for one token per row (tests hold it to
+`model.forward`): per-layer weight and cache buffers so the loop reads them in place and writes one cache slot
+per step, fused q/k/v and gate/up matmuls. XLA CPU otherwise copies a layer's weights and cache on every
+step; the price is a second copy of the layer weights for the duration of the call.
+Sampling: temperature 0 is greedy (argmax); otherwise the tempered softmax, optionally restricted to the exact
+top-p nucleus. The log-prob stored for each token is that of the tempered full distribution,
+log_softmax(logits / temperature) (log_softmax(logits) when greedy), what the RL loss rescores.
+
+To rescore a rollout with `model.forward`: tokens = concat([prompt_tokens, tokens], 1),
+valid = concat([prompt_valid, mask], 1), positions = model.positions_from_valid(valid); the logits at column
+Tp - 1 + n predict completion token n.
+
+With a `mesh` (a `jax.sharding.Mesh` with a 'data' axis), prompts are split over the data axis and each
+prompt's G samples stay on the prompt's device; P must divide over the axis. `batch_axes` (train.py passes its
+RULES['batch'], ('data', 'fsdp')) splits the B rows, and so the KV cache, over more axes: on an FSDP mesh a
+prompt's prefill is repeated on the devices of its data shard and each takes its own rows of the group,
+instead of every device holding every row's cache.
+
+Dimension letters (model.py's, plus): P prompts, G samples per prompt, B = P * G rows, Tp padded prompt length,
+N max new tokens, S = Tp - 1 + N cache slots. (Inside decode_step, G is the query heads per kv head.)
+"""
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+import model
+
+TRACES = 0       # times `_sample` was traced (compiled); tests read it to check one compile per bucket
+MIN_BUCKET = 16  # shortest padded prompt length; buckets are powers of two from here
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Rollout:
+  """G completions for each of P prompts; row i*G + g is sample g of prompt i. B = P * G."""
+  tokens: jax.Array         # (B, N) int32, sampled tokens; pad_id after the EOS
+  logprobs: jax.Array       # (B, N) float32, log-prob of each token under the tempered distribution; 0 if masked
+  mask: jax.Array           # (B, N) bool, True for real tokens: those before the first EOS, and the EOS itself
+  lengths: jax.Array        # (B,) int32, number of real tokens (mask.sum(1))
+  prompt_tokens: jax.Array  # (B, Tp) int32, the prompt of each row, left-padded with pad_id
+  prompt_valid: jax.Array   # (B, Tp) bool, True where prompt_tokens holds a real token
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeCache:
+  """The KV cache as the decode loop keeps it: one buffer per layer, batch and kv heads merged.
+
+  One buffer per layer (not model.Cache's stacked (L, ...) array) so that each step writes its slot in place
+  and each layer's attention reads its buffer directly: slicing layer l out of a stacked cache inside the loop
+  makes XLA (CPU) copy the whole layer, several times per step. K is (B*K, Q, S) and V (B*K, S, Q), the
+  layouts the two attention matmuls read without a transpose; B and K merged so that no axis is 1 at batch 1
+  (XLA drops such an axis with a bitcast, and then copies the cache again).
+  """
+  k: tuple[jax.Array, ...]   # L x (B*K, Q, S)
+  v: tuple[jax.Array, ...]   # L x (B*K, S, Q)
+  valid: jax.Array           # (B, S) bool, slot s holds a real token
+  index: jax.Array           # () int32, the slot the next token is written to
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class _State:
+  step: jax.Array       # () int32, index of the token sampled next
+  done: jax.Array       # (B,) bool, the row has emitted an EOS
+  token: jax.Array      # (B,) int32, the token sampled last (fed to the model next)
+  tokens: jax.Array     # (B, N) int32
+  logprobs: jax.Array   # (B, N) float32
+  lengths: jax.Array    # (B,) int32
+  cache: DecodeCache
+  key: jax.Array
+
+
+def bucket(length: int) -> int:
+  """The padded prompt length: the smallest power of two >= length, at least MIN_BUCKET."""
+  return max(MIN_BUCKET, 1 << (length - 1).bit_length())
+
+
+def pad_prompts(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads P prompts to their bucket: (tokens (P, Tp) int32, valid (P, Tp) bool)."""
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ValueError(f'need at least one prompt and no empty prompt; got lengths {[len(p) for p in prompts]}')
+  Tp = bucket(max(len(p) for p in prompts))
+  tokens = np.full((len(prompts), Tp), pad_id, np.int32)
+  valid = np.zeros((len(prompts), Tp), bool)
+  for i, p in enumerate(prompts):
+    tokens[i, Tp - len(p):], valid[i, Tp - len(p):] = p, True
+  return tokens, valid
+
+
+def sample_token(logits, key, temperature, top_p, *, greedy: bool, nucleus: bool):
+  """logits (B, V) float32 -> (token (B,) int32, its log-prob (B,) under the tempered full distribution).
+
+  nucleus: keep the smallest set of most likely tokens whose mass reaches top_p (the top token always), and
+  draw from it renormalised. Done in sorted order, so ties at the boundary cannot let an extra token in.
+  """
+  if greedy:
+    token = jnp.argmax(logits, axis=-1)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+  else:
+    logp = jax.nn.log_softmax(logits / temperature, axis=-1)                   # (B, V)
+    if nucleus:
+      order = jnp.argsort(-logp, axis=-1)                                      # (B, V) most likely first
+      sorted_logp = jnp.take_along_axis(logp, order, axis=-1)
+      mass = jnp.cumsum(jnp.exp(sorted_logp), axis=-1)
+      before = jnp.concatenate([jnp.zeros_like(mass[:, :1]), mass[:, :-1]], axis=-1)  # mass of better tokens
+      pick = jax.random.categorical(key, jnp.where(before < top_p, sorted_logp, -jnp.inf))
+      token = jnp.take_along_axis(order, pick[:, None], axis=-1)[:, 0]
+    else:
+      token = jax.random.categorical(key, logp)
+  token = token.astype(jnp.int32)
+  return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+def decode_weights(params, cfg: model.Config) -> list[dict]:
+  """The layer weights as the decode loop reads them: a list of L per-layer dicts, projections fused.
+
+  Made once per rollout, inside the jit. Per layer, not stacked: a slice of the stacked weights inside the loop
+  body is copied on every step (XLA CPU sinks loop-invariant slices into the loop), which triples the bytes a
+  memory-bound step moves; the barrier keeps these L buffers made once. Since that copy is paid anyway, q, k, v
+  are fused into one matmul and gate, up into another (fewer, larger matmuls), already in cfg.dtype. The price:
+  a second copy of the layer weights while sampling.
+  """
+  dt = jnp.dtype(cfg.dtype)
+  D, H, K, Q = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+  # jnp.concatenate(parts, axis=-1) as in-place writes into one buffer: XLA CPU would copy each layer's slice
+  # first and then concatenate the copies, twice the memory traffic (and page faults) of this.
+  def columns(*parts):
+    out = jnp.zeros((*parts[0].shape[:-1], sum(p.shape[-1] for p in parts)), dt)
+    for i, p in enumerate(parts):
+      out = jax.lax.dynamic_update_slice_in_dim(out, p.astype(dt), sum(q.shape[-1] for q in parts[:i]), axis=-1)
+    return out
+
+  out = []
+  for l in range(cfg.num_layers):
+    w = jax.tree.map(lambda a: a[l], params['layers'])
+    layer = dict(attn_norm=w['attn_norm'], mlp_norm=w['mlp_norm'],
+                 qkv=columns(w['q'].reshape(D, H * Q), w['k'].reshape(D, K * Q), w['v'].reshape(D, K * Q)),
+                 o=w['o'].reshape(H * Q, D).astype(dt),                  # (H Q, D)
+                 gate_up=columns(w['gate'], w['up']),                     # (D, 2F)
+                 down=w['down'].astype(dt))                               # (F, D)
+    if cfg.qkv_bias:                                                      # ((H + 2K) Q,)
+      layer['qkv_bias'] = columns(w['q_bias'].reshape(-1), w['k_bias'].reshape(-1), w['v_bias'].reshape(-1))
+    out.append(layer)
+  return jax.lax.optimization_barrier(out)
+
+
+def decode_step(params, layers: list[dict], cfg: model.Config, token, position, cache: DecodeCache):
+  """One token per row through the policy: token, position (B,) -> (logits (B, V) float32, updated cache).
+
+  layers: decode_weights(params, cfg). The same arithmetic as model.forward with T = 1 (tests check it against
+  the full forward pass), written for the decode loop: layers unrolled over per-layer buffers, fused
+  projections, the mask and the rotary angles computed once per step, no T axis.
+  """
+  dt = jnp.dtype(cfg.dtype)
+  B = token.shape[0]
+  H, K, Q, F = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
+  G = H // K   # query heads per kv head (here G is not samples per prompt)
+  # Keys: every slot written so far, this token's included. An additive mask, built once per step.
+  valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, jnp.ones((B, 1), bool), cache.index, axis=1)
+  bias = jnp.where(jnp.repeat(valid, K, axis=0), 0.0, -1e30)[:, None, :]      # (B*K, 1, S)
+  # Rotary embedding of model.rope (rotate-half: halves x1, x2 -> x1 cos - x2 sin, x2 cos + x1 sin), angles
+  # computed once for all layers, written without a concatenate (which XLA CPU emits slowly): the halves as an
+  # axis of 2, swapped by a flip.
+  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, Q // 2, dtype=jnp.float32) * 2 / Q))
+  angles = position.astype(jnp.float32)[:, None, None, None] * inv_freq       # (B, 1, 1, Q/2)
+  cos, sin = jnp.cos(angles), jnp.sin(angles) * jnp.array([-1.0, 1.0])[:, None]   # (B, 1, 1 | 2, Q/2)
+  cos, sin = jax.lax.optimization_barrier((cos, sin))   # else XLA recomputes them inside every use, per element
+
+  def rope(x):   # (B, N, Q)
+    halves = x.astype(jnp.float32).reshape(*x.shape[:-1], 2, Q // 2)
+    return (halves * cos + jnp.flip(halves, axis=-2) * sin).reshape(x.shape).astype(x.dtype)
+
+  x = params['embed'].astype(dt)[token]                                       # (B, D)
+  ks, vs = [], []
+  for l, w in enumerate(layers):   # unrolled: per-layer weights and cache buffers, no slicing inside the loop
+    h = model.rms_norm(x, w['attn_norm'], cfg.rms_eps)
+    qkv = h @ w['qkv']                                                         # (B, (H + 2K) Q)
+    if cfg.qkv_bias:
+      qkv = qkv + w['qkv_bias']
+    qkv = qkv.reshape(B, H + 2 * K, Q)
+    qk, v = rope(qkv[:, :H + K]), qkv[:, H + K:]                              # (B, H + K, Q), (B, K, Q)
+    q, k = qk[:, :H], qk[:, H:]
+    # Write the new slot in place, then attend over all slots. The barrier keeps the write a buffer of its own
+    # (else XLA fuses the write into each reader and copies the whole layer cache, per step). K is kept as
+    # (B*K, Q, S) and V as (B*K, S, Q): the layouts the two attention matmuls read without a transpose.
+    kc = jax.lax.dynamic_update_slice(cache.k[l], k.reshape(B * K, Q, 1).astype(cache.k[l].dtype),
+                                      (0, 0, cache.index))
+    vc = jax.lax.dynamic_update_slice(cache.v[l], v.reshape(B * K, 1, Q).astype(cache.v[l].dtype),
+                                      (0, cache.index, 0))
+    kc, vc = jax.lax.optimization_barrier((kc, vc))
+    ks.append(kc)
+    vs.append(vc)
+    q = q.reshape(B * K, G, Q) / np.sqrt(Q)
+    scores = jnp.einsum('ngq,nqs->ngs', q, kc, preferred_element_type=jnp.float32) + bias   # (B*K, G, S)
+    probs = jax.nn.softmax(scores, axis=-1).astype(vc.dtype)
+    a = jnp.einsum('ngs,nsq->ngq', probs, vc).reshape(B, H * Q)
+    x = x + a @ w['o']
+    h = model.rms_norm(x, w['mlp_norm'], cfg.rms_eps)
+    gu = h @ w['gate_up']                                                      # (B, 2F)
+    x = x + (jax.nn.silu(gu[:, :F]) * gu[:, F:]) @ w['down']
+  x = model.rms_norm(x, params['final_norm'], cfg.rms_eps)
+  if cfg.tie_embeddings:   # contract against (V, D) directly rather than materialise its transpose
+    logits = jnp.einsum('bd,vd->bv', x, params['embed'].astype(dt), preferred_element_type=jnp.float32)
+  else:
+    logits = jnp.einsum('bd,dv->bv', x, params['lm_head'].astype(dt), preferred_element_type=jnp.float32)
+  return logits, DecodeCache(k=tuple(ks), v=tuple(vs), valid=valid, index=cache.index + 1)
+
+
+def _pin_batch(mesh, x, axis: int = 0, axes=('data',)):
+  """Pins x's `axis` to the mesh axes `axes`; a no-op without a mesh. (Inside `_sample` the mesh is all-Auto.)"""
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*[None] * axis, axes)))
+
+
+@functools.partial(jax.jit, static_argnames=('cfg', 'num_samples', 'max_new_tokens', 'greedy', 'nucleus', 'mesh',
+                                             'batch_axes'))
+def _sample(params, cfg, tokens, valid, key, temperature, top_p, eos_table, pad_id, *, num_samples,
+            max_new_tokens, greedy, nucleus, mesh, batch_axes=('data',)):
+  """tokens, valid: (P, Tp) left-padded prompts; eos_table (V,) bool. Returns a Rollout of B = P * G rows.
+
+  The cache is created inside, so there is no input buffer worth donating; the while_loop carries it and
+  XLA updates it in place, step to step.
+  """
+  global TRACES
+  TRACES += 1
+  rollout = functools.partial(_rollout, cfg=cfg, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                              greedy=greedy, nucleus=nucleus, batch_axes=batch_axes)
+  if mesh is None:
+    return rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, mesh=None)
+  # model.forward indexes the embedding with batch-sharded tokens, which an Explicit mesh refuses to resolve
+  # on its own; so the rollout runs with the mesh's axes as Auto, pinned by sharding constraints.
+  auto = jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+  rollout = functools.partial(rollout, mesh=auto)
+  if AxisType.Explicit in mesh.axis_types:
+    rollout = jax.sharding.auto_axes(rollout, out_sharding=NamedSharding(mesh, PartitionSpec(batch_axes)))
+  return rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id)
+
+
+def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, *, cfg, num_samples,
+             max_new_tokens, greedy, nucleus, mesh, batch_axes):
+  G, N = num_samples, max_new_tokens
+  P, Tp = tokens.shape
+  B = P * G
+  pin = functools.partial(_pin_batch, mesh)                       # P prompt rows: over 'data'
+  rows = functools.partial(_pin_batch, mesh, axes=batch_axes)     # B = P * G rows: over the batch axes
+
+  # 1) Prefill the P prompts once, all but their last token (the last column: prompts are left-padded). The
+  #    logits of these Tp - 1 columns are unused, so XLA drops the LM head; the decode loop's first step feeds
+  #    the last prompt token and samples from its logits, so the sampling code is compiled once, not twice.
+  positions = model.positions_from_valid(valid)                                # (P, Tp)
+  prefill = model.init_cache(cfg, P, Tp - 1)
+  prefill = model.Cache(k=pin(prefill.k, 1), v=pin(prefill.v, 1), valid=pin(prefill.valid), index=prefill.index)
+  _, prefill = model.forward(params, cfg, tokens[:, :-1], positions[:, :-1], valid[:, :-1], prefill)
+
+  # 2) Repeat for the G samples (rows of one prompt are adjacent, so they stay on the prompt's device), in the
+  #    decode layout with room for N more slots: the last prompt token and N - 1 sampled ones.
+  rep = lambda a, axis=0: rows(jnp.repeat(a, G, axis=axis), axis)
+  def grow(a, order):   # (P, Tp - 1, K, Q) -> (B*K, Q, S) for keys, (B*K, S, Q) for values
+    a = rep(jnp.pad(a, ((0, 0), (0, N), (0, 0), (0, 0))).transpose(order))
+    return rows(a.reshape(B * cfg.num_kv_heads, *a.shape[2:]))
+  cache = DecodeCache(k=tuple(grow(a, (0, 2, 3, 1)) for a in prefill.k),
+                      v=tuple(grow(a, (0, 2, 1, 3)) for a in prefill.v),
+                      valid=rep(jnp.pad(prefill.valid, ((0, 0), (0, N)))), index=prefill.index)
+  last_position = rep(positions[:, -1])                                         # (B,) prompt length - 1
+  layers = decode_weights(params, cfg)
+  state = _State(
+      step=jnp.zeros((), jnp.int32), done=rows(jnp.zeros((B,), bool)), token=rep(tokens[:, -1]),
+      tokens=rows(jnp.full((B, N), pad_id, jnp.int32)), logprobs=rows(jnp.zeros((B, N), jnp.float32)),
+      lengths=rows(jnp.zeros((B,), jnp.int32)), cache=cache, key=key)
+
+  # 3) Decode: feed the last token, sample the next, until every row is done or has N tokens.
+  def cond(s: _State):
+    return (s.step < N) & ~jnp.all(s.done)
+
+  def body(s: _State):
+    pos = last_position + s.step                                                # (B,) position of s.token
+    logits, cache = decode_step(params, layers, cfg, s.token, pos, s.cache)
+    token, logp = sample_token(logits, jax.random.fold_in(s.key, s.step), temperature, top_p,
+                               greedy=greedy, nucleus=nucleus)                  # (B,), (B,)
+    live = ~s.done                                                               # rows still writing
+    token = jnp.where(live, token, pad_id)
+    return _State(
+        step=s.step + 1, done=s.done | (live & eos_table[token]), token=token,
+        tokens=s.tokens.at[:, s.step].set(token),
+        logprobs=s.logprobs.at[:, s.step].set(jnp.where(live, logp, 0.0)),
+        lengths=s.lengths + live, cache=cache, key=s.key)
+
+  state = jax.lax.while_loop(cond, body, state)
+  mask = jnp.arange(N)[None, :] < state.lengths[:, None]                        # (B, N)
+  return Rollout(tokens=state.tokens, logprobs=state.logprobs, mask=mask, lengths=state.lengths,
+                 prompt_tokens=rep(tokens), prompt_valid=rep(valid))
+
+
+def sample(params, cfg: model.Config, prompts: list[list[int]], *, num_samples: int, max_new_tokens: int,
+           temperature: float, top_p: float = 1.0, key: jax.Array, eos_ids, pad_id: int = 0,
+           mesh: jax.sharding.Mesh | None = None, batch_axes=('data',)) -> Rollout:
+  """Samples num_samples completions of up to max_new_tokens for each prompt (lists of token ids).
+
+  Returns a Rollout of jax arrays with P * G rows (sharded over mesh's data axis when a mesh is given).
+  """
+  if num_samples < 1 or max_new_tokens < 1:
+    raise ValueError(f'num_samples={num_samples} and max_new_tokens={max_new_tokens} must be >= 1')
+  if temperature < 0:
+    raise ValueError(f'temperature={temperature} must be >= 0 (0 means greedy)')
+  if not 0 < top_p <= 1:
+    raise ValueError(f'top_p={top_p} must be in (0, 1]')
+  tokens, valid = pad_prompts(prompts, pad_id)
+  if mesh is not None:
+    if 'data' not in mesh.axis_names:
+      raise ValueError(f'the mesh has axes {mesh.axis_names}; sampling needs a "data" axis')
+    ways = mesh.shape['data']
+    if len(prompts) % ways:
+      raise ValueError(f'{len(prompts)} prompts do not divide over the {ways}-way data axis of the mesh')
+    batch_axes = tuple(batch_axes)
+    row_ways = math.prod(mesh.shape[a] for a in batch_axes)
+    if len(prompts) * num_samples % row_ways:
+      raise ValueError(f'{len(prompts)} prompts x {num_samples} samples do not divide over the {row_ways}-way '
+                       f'{" x ".join(batch_axes)} axes of the mesh')
+    tokens, valid = (jax.device_put(a, NamedSharding(mesh, PartitionSpec('data'))) for a in (tokens, valid))
+  # EOS ids as a (V,) table: the compiled loop does not depend on how many there are.
+  eos_ids = [int(i) for i in eos_ids]
+  if any(not 0 <= i < cfg.vocab_size for i in eos_ids):
+    raise ValueError(f'eos_ids={eos_ids} must lie in [0, vocab_size={cfg.vocab_size})')
+  eos_table = np.zeros(cfg.vocab_size, bool)
+  eos_table[eos_ids] = True
+  return _sample(params, cfg, tokens, valid, key, jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
+                 eos_table, jnp.int32(pad_id),
+                 num_samples=num_samples, max_new_tokens=max_new_tokens, greedy=temperature == 0,
+                 nucleus=top_p < 1.0, mesh=mesh, batch_axes=tuple(batch_axes))
+
+
+def eos_ids_of(tokenizer) -> list[int]:
+  """The tokenizer's EOS id plus the chat end markers of the Qwen family when the vocabulary has them."""
+  vocab = tokenizer.get_vocab()
+  ids = [tokenizer.eos_token_id] + [vocab.get(t) for t in ('<|im_end|>', '<|endoftext|>')]
+  return sorted({i for i in ids if i is not None})
+
+
+def generate(params, cfg: model.Config, tokenizer, prompts: list[str], *, num_samples: int, max_new_tokens: int,
+             temperature: float, top_p: float = 1.0, key: jax.Array, chat_template: bool = False, mesh=None,
+             return_rollout: bool = False):
+  """Text in, text out: for each prompt its num_samples completions, decoded up to (excluding) the EOS.
+
+  chat_template=True wraps each prompt as a user turn with the tokenizer's chat template (if it has one).
+  return_rollout=True returns (texts, rollout, prompt_ids) for token-level use.
+  """
+  if chat_template and getattr(tokenizer, 'chat_template', None):
+    prompts = [tokenizer.apply_chat_template([{'role': 'user', 'content': p}], add_generation_prompt=True,
+                                             tokenize=False) for p in prompts]
+  prompt_ids = [tokenizer(p, add_special_tokens=False)['input_ids'] for p in prompts]
+  eos = eos_ids_of(tokenizer)
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+  rollout = sample(params, cfg, prompt_ids, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                   temperature=temperature, top_p=top_p, key=key, eos_ids=eos, pad_id=pad_id, mesh=mesh)
+  tokens, lengths = np.asarray(rollout.tokens), np.asarray(rollout.lengths)
+  texts = []
+  for i in range(len(prompts)):
+    group = []
+    for row in range(i * num_samples, (i + 1) * num_samples):
+      ids = tokens[row, :lengths[row]].tolist()
+      if ids and ids[-1] in eos:
+        ids = ids[:-1]
+      group.append(tokenizer.decode(ids))
+    texts.append(group)
+  return (texts, rollout, prompt_ids) if return_rollout else texts

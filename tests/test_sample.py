@@ -1,0 +1,230 @@
+"""sample.py against the plain full forward pass, on a tiny random policy (CPU, 8 fake devices)."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+import model
+import sample
+
+# The vocabulary of model.build_char_tokenizer, so that generate() shares the other tests' compiled loop.
+CFG = model.Config(vocab_size=len(model.CHAR_VOCAB), d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                   head_dim=8, mlp_dim=48)
+# Eight prompts (they divide over the 8 fake devices) of lengths 1 to 15: one bucket (16), left-padded.
+PROMPTS = [np.random.RandomState(i).randint(3, CFG.vocab_size, size=n).tolist()
+           for i, n in enumerate([3, 7, 12, 1, 15, 5, 9, 2])]
+G, N = 3, 8   # the shape most tests share, so they share one compiled loop
+WIDTH = 32    # reference forwards right-pad to this width: one compile (causal, so the padding is unseen)
+
+
+def random_params(cfg, seed=0):
+  """Like test_model.py's (norms 1 + noise, biases and weights normal with std 0.1: peaked, varied logits),
+  drawn with numpy: model.init_params would compile for each new config, which costs seconds."""
+  rng = np.random.RandomState(seed)
+  def leaf(path, shape):
+    return jnp.asarray(('norm' in jax.tree_util.keystr(path)) + 0.1 * rng.standard_normal(shape), jnp.float32)
+  return jax.tree_util.tree_map_with_path(leaf, model.param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+
+
+PARAMS = random_params(CFG)
+
+
+def full_logits(prompt, completion):
+  """Logits (n, V) that predict each completion token, from one plain forward over prompt + completion."""
+  seq = list(prompt) + list(completion)
+  padded = jnp.asarray(seq + [0] * (WIDTH - len(seq)), jnp.int32)[None]
+  return np.asarray(model.logits(PARAMS, CFG, padded))[0, len(prompt) - 1:len(seq) - 1]
+
+
+def log_softmax(x):
+  return np.asarray(jax.nn.log_softmax(jnp.asarray(x), axis=-1))
+
+
+def run(prompts=PROMPTS, **kw):
+  args = dict(num_samples=G, max_new_tokens=N, temperature=1.0, key=jax.random.key(0), eos_ids=[])
+  args.update(kw)
+  r = sample.sample(PARAMS, CFG, prompts, **args)
+  return jax.tree.map(np.asarray, r)
+
+
+def test_greedy_equals_step_by_step_argmax():
+  r = run(temperature=0.0)
+  for i, prompt in enumerate(PROMPTS):
+    seq, want = list(prompt), []
+    for _ in range(N):   # recompute from scratch each step
+      padded = jnp.asarray(seq + [0] * (WIDTH - len(seq)), jnp.int32)[None]
+      want.append(int(np.asarray(model.logits(PARAMS, CFG, padded))[0, len(seq) - 1].argmax()))
+      seq.append(want[-1])
+    ref = log_softmax(full_logits(prompt, want))[np.arange(N), want]   # greedy: log_softmax(logits)
+    for row in range(i * G, (i + 1) * G):   # greedy: the G samples are all the same
+      np.testing.assert_array_equal(r.tokens[row], want)
+      assert np.abs(r.logprobs[row] - ref).max() < 1e-4
+  assert r.mask.all() and (r.lengths == N).all()
+
+
+@pytest.mark.parametrize('temperature', [1.0, 0.7])
+def test_logprobs_equal_full_forward(temperature):
+  r = run(temperature=temperature, key=jax.random.key(1))
+  for row in range(len(PROMPTS) * G):
+    prompt = PROMPTS[row // G]
+    ref = log_softmax(full_logits(prompt, r.tokens[row]) / temperature)[np.arange(N), r.tokens[row]]
+    assert np.abs(r.logprobs[row] - ref).max() < 1e-4
+  # The documented rescoring recipe: prompt_tokens + tokens through model.forward with positions from valid.
+  tokens = np.concatenate([r.prompt_tokens, r.tokens], 1)
+  valid = jnp.asarray(np.concatenate([r.prompt_valid, r.mask], 1))
+  out, _ = model.forward(PARAMS, CFG, jnp.asarray(tokens), model.positions_from_valid(valid), valid)
+  Tp = r.prompt_tokens.shape[1]
+  lp = log_softmax(np.asarray(out)[:, Tp - 1:-1] / temperature)
+  rescored = np.take_along_axis(lp, r.tokens[..., None], -1)[..., 0]
+  assert np.abs(rescored - r.logprobs).max() < 1e-4
+  assert [p[-len(q):].tolist() for p, q in zip(r.prompt_tokens[::G], PROMPTS)] == PROMPTS
+
+
+def test_bfloat16_policy_close_to_forward():
+  """Real checkpoints are bf16: the decode step keeps weights, cache and matmuls in bf16 (scores, softmax and
+  logits in float32). Rescored by the bf16 full forward, log-probs agree to bf16 rounding (8-bit mantissa,
+  compounded over 2 layers: a few 1e-2 at most)."""
+  cfg = dataclasses.replace(CFG, dtype='bfloat16', param_dtype='bfloat16')
+  params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), PARAMS)
+  r = jax.tree.map(np.asarray, sample.sample(params, cfg, PROMPTS, num_samples=G, max_new_tokens=N,
+                                             temperature=1.0, key=jax.random.key(2), eos_ids=[]))
+  valid = jnp.asarray(np.concatenate([r.prompt_valid, r.mask], 1))
+  tokens = jnp.asarray(np.concatenate([r.prompt_tokens, r.tokens], 1))
+  out, _ = model.forward(params, cfg, tokens, model.positions_from_valid(valid), valid)
+  lp = log_softmax(np.asarray(out)[:, r.prompt_tokens.shape[1] - 1:-1])
+  diff = np.abs(np.take_along_axis(lp, r.tokens[..., None], -1)[..., 0] - r.logprobs)
+  assert diff.max() < 0.1 and diff.mean() < 0.02
+
+
+def test_keys_decide_the_samples():
+  a = run(key=jax.random.key(7))
+  b = run(key=jax.random.key(7))
+  c = run(key=jax.random.key(8))
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.logprobs, b.logprobs)
+  assert (a.tokens != c.tokens).mean() > 0.5
+  for i in range(len(PROMPTS)):   # the G samples of one prompt differ from each other
+    group = a.tokens[i * G:(i + 1) * G]
+    assert len({tuple(t) for t in group}) == G
+
+
+def test_eos_masks_pads_and_stops():
+  """Many EOS ids so most rows stop early. The stream before the EOS is the one sampled without EOS ids
+  (same keys per step), the EOS is kept and masked in, and everything after it is pad, masked out."""
+  pad = 0
+  eos = list(range(60, 98))                                  # about 40% of the vocabulary
+  free = run(key=jax.random.key(3), eos_ids=[])
+  r = run(key=jax.random.key(3), eos_ids=eos, pad_id=pad)
+  assert r.tokens.shape == (len(PROMPTS) * G, N)
+  stopped = 0
+  for row in range(len(PROMPTS) * G):
+    first = [n for n in range(N) if free.tokens[row, n] in eos]
+    length = first[0] + 1 if first else N
+    assert r.lengths[row] == length
+    np.testing.assert_array_equal(r.tokens[row, :length], free.tokens[row, :length])
+    np.testing.assert_array_equal(r.logprobs[row, :length], free.logprobs[row, :length])
+    np.testing.assert_array_equal(r.mask[row], np.arange(N) < length)
+    assert (r.tokens[row, length:] == pad).all() and (r.logprobs[row, length:] == 0).all()
+    stopped += length < N
+  assert stopped >= len(PROMPTS) * G // 2
+
+
+def test_loop_stops_when_all_rows_are_done():
+  """Every token is an EOS: one step, then the while_loop must exit (the rest is pad)."""
+  r = run(eos_ids=list(range(CFG.vocab_size)), pad_id=0)
+  assert (r.lengths == 1).all() and (r.tokens[:, 1:] == 0).all() and r.mask[:, 0].all() and not r.mask[:, 1:].any()
+
+
+def test_compiles_once_per_bucket():
+  kw = dict(num_samples=2, max_new_tokens=5)    # a shape no other test uses
+  before = sample.TRACES
+  run([[1, 2, 3], [4] * 9], **kw)
+  run([[7] * 16, [8]], **kw)                   # other lengths, same bucket (16): no new trace
+  run([[1, 2], [3, 4, 5]], key=jax.random.key(5), **kw)
+  assert sample.TRACES - before == 1
+  run([[1] * 17, [2] * 30], **kw)              # bucket 32
+  assert sample.TRACES - before == 2
+  assert sample.bucket(1) == 16 and sample.bucket(16) == 16 and sample.bucket(17) == 32 and sample.bucket(64) == 64
+
+
+NUCLEUS_PROBS = np.array([0.05, 0.30, 0.02, 0.40, 0.08, 0.15])   # sorted: 0.40, 0.30, 0.15 | 0.08, 0.05, 0.02
+
+
+def test_top_p_draws_only_from_the_nucleus():
+  """top_p = 0.8: 0.40 + 0.30 = 0.70 < 0.8, so the nucleus is the 3 tokens {3, 1, 5} (mass 0.85)."""
+  B = 20000
+  logits = jnp.broadcast_to(jnp.log(jnp.asarray(NUCLEUS_PROBS, jnp.float32)), (B, 6))
+  token, logp = sample.sample_token(logits, jax.random.key(0), 1.0, 0.8, greedy=False, nucleus=True)
+  token = np.asarray(token)
+  assert set(token.tolist()) == {1, 3, 5}
+  freq = np.bincount(token, minlength=6) / B
+  np.testing.assert_allclose(freq[[3, 1, 5]], NUCLEUS_PROBS[[3, 1, 5]] / 0.85, atol=0.015)
+  np.testing.assert_allclose(np.asarray(logp), np.log(NUCLEUS_PROBS[token]), atol=1e-5)   # full distribution
+  # top_p below the top token's mass: always the top token; temperature reshapes before the cut.
+  token, _ = sample.sample_token(logits, jax.random.key(1), 1.0, 0.1, greedy=False, nucleus=True)
+  assert (np.asarray(token) == 3).all()
+  token, _ = sample.sample_token(logits, jax.random.key(2), 0.25, 0.9, greedy=False, nucleus=True)
+  assert set(np.asarray(token).tolist()) == {1, 3}   # p^4: 0.40^4, 0.30^4 hold > 0.9 of the mass
+
+
+def test_top_p_in_the_sampler_with_fixed_logits():
+  """A policy whose logits are the same at every step: attention and MLP outputs are zero (o, down = 0), every
+  embedding is the same unit vector, so the final hidden state is all ones and the lm_head sets the logits."""
+  V, D = 6, 32
+  cfg = model.Config(vocab_size=V, d_model=D, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48)
+  params = random_params(cfg)
+  params['layers']['o'] = jnp.zeros_like(params['layers']['o'])
+  params['layers']['down'] = jnp.zeros_like(params['layers']['down'])
+  params['embed'], params['final_norm'] = jnp.ones((V, D)), jnp.ones((D,))
+  target = np.log(NUCLEUS_PROBS).astype(np.float32)
+  params['lm_head'] = jnp.broadcast_to(jnp.asarray(target) / D, (D, V))
+  np.testing.assert_allclose(np.asarray(model.logits(params, cfg, jnp.asarray([[0, 4, 2]])))[0], [target] * 3,
+                             atol=1e-4)
+  r = sample.sample(params, cfg, [[0, 1], [2]], num_samples=64, max_new_tokens=N, temperature=1.0, top_p=0.8,
+                    key=jax.random.key(0), eos_ids=[])
+  tokens = np.asarray(r.tokens)
+  assert set(tokens.ravel().tolist()) == {1, 3, 5}
+  freq = np.bincount(tokens.ravel(), minlength=V) / tokens.size
+  np.testing.assert_allclose(freq[[3, 1, 5]], NUCLEUS_PROBS[[3, 1, 5]] / 0.85, atol=0.03)
+  np.testing.assert_allclose(np.asarray(r.logprobs), np.log(NUCLEUS_PROBS[tokens]), atol=1e-4)
+
+
+@pytest.mark.parametrize('shape,names,types', [((8,), ('data',), None),
+                                               ((4, 2), ('data', 'fsdp'), (AxisType.Auto, AxisType.Auto))])
+def test_sharded_equals_unsharded(shape, names, types):
+  mesh = jax.make_mesh(shape, names, axis_types=types)
+  want = run(key=jax.random.key(4))
+  params = jax.device_put(PARAMS, NamedSharding(mesh, PartitionSpec()))
+  r = sample.sample(params, CFG, PROMPTS, num_samples=G, max_new_tokens=N, temperature=1.0, key=jax.random.key(4),
+                    eos_ids=[], mesh=mesh)
+  # Each device holds whole groups: rows [d * rows, (d + 1) * rows) with rows a multiple of G.
+  for shard in r.tokens.addressable_shards:
+    rows = shard.index[0]
+    assert (rows.stop - rows.start) == len(PROMPTS) * G // shape[0] and rows.start % G == 0
+  got = jax.tree.map(np.asarray, r)
+  np.testing.assert_array_equal(got.tokens, want.tokens)
+  assert np.abs(got.logprobs - want.logprobs).max() < 1e-5
+  with pytest.raises(ValueError, match=f'7 prompts do not divide over the {shape[0]}-way data axis'):
+    sample.sample(params, CFG, [[1]] * 7, num_samples=G, max_new_tokens=8, temperature=1.0, key=jax.random.key(4),
+                  eos_ids=[], mesh=mesh)
+
+
+def test_generate_text(tmp_path):
+  tok = model.build_char_tokenizer(str(tmp_path))
+  prompts = ['2+3=', 'What is 12 - 7?', 'x', 'Compute 4*4.', 'abc', '1+1+1=', 'Say hi', '99-9=']
+  texts, r, prompt_ids = sample.generate(PARAMS, CFG, tok, prompts, num_samples=G, max_new_tokens=N,
+                                         temperature=1.0, key=jax.random.key(0), chat_template=True,
+                                         return_rollout=True)
+  assert prompt_ids == [tok(p)['input_ids'] for p in prompts]   # no chat template: the raw prompt
+  assert sample.eos_ids_of(tok) == [1]
+  tokens, lengths = np.asarray(r.tokens), np.asarray(r.lengths)
+  for i, group in enumerate(texts):
+    assert len(group) == G
+    for g, text in enumerate(group):
+      ids = tokens[i * G + g, :lengths[i * G + g]].tolist()
+      assert text == tok.decode([t for t in ids if t != 1]) and 1 not in ids[:-1]
+  assert texts == sample.generate(PARAMS, CFG, tok, prompts, num_samples=G, max_new_tokens=N, temperature=1.0,
+                                  key=jax.random.key(0))
