@@ -255,17 +255,20 @@ def run_train(*args, timeout=600, check=True):
   return p
 
 
+SHIPPED = train.EMBEDDED_WARMSTART   # the embedded default's warm start: a tiny policy that boxes its answers
+
+
 @pytest.fixture(scope='module')
 def warm(tmp_path_factory):
-  """A quick supervised warm start of the tiny policy on one-digit sums: a policy that boxes answers."""
+  """A short supervised run of the tiny policy from scratch: an sft workdir with checkpoints."""
   wd = str(tmp_path_factory.mktemp('sft'))
-  run_train('--mode=sft', f'--data={TASK}', '--steps=60', '--num_prompts=32', '--learning_rate=3e-3',
-            '--max_new_tokens=24', f'--workdir={wd}', '--checkpoint_every=30')
+  run_train('--mode=sft', f'--data={TASK}', '--steps=20', '--num_prompts=32', '--learning_rate=3e-3',
+            '--max_new_tokens=24', f'--workdir={wd}', '--checkpoint_every=10')
   return wd
 
 
 RL_ARGS = ['--steps=4', '--num_prompts=4', '--num_samples=4', '--max_new_tokens=24', '--learning_rate=1e-3',
-           '--eval_prompts=8', '--eval_samples=2', f'--data={TASK}', '--data_size=64']
+           '--eval_prompts=8', '--eval_samples=2', f'--data={TASK}', '--data_size=64', f'--model={SHIPPED}']
 
 
 def read_jsonl(file):
@@ -276,16 +279,16 @@ def read_jsonl(file):
 def test_sft_writes_checkpoint_and_export(warm):
   assert os.path.exists(os.path.join(warm, 'hf', 'model.safetensors'))
   rows = read_jsonl(os.path.join(warm, 'metrics.jsonl'))
-  assert len(rows) == 60 and rows[-1]['loss'] < rows[0]['loss'] * 0.7
-  assert sorted(os.listdir(os.path.join(warm, 'checkpoints')))[-1] == '60'
+  assert len(rows) == 20 and rows[-1]['loss'] < rows[0]['loss'] * 0.7
+  assert sorted(int(s) for s in os.listdir(os.path.join(warm, 'checkpoints')) if s.isdigit())[-1] == 20
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('mode', ['self', 'gt'])
-def test_rl_modes_end_to_end(warm, tmp_path, mode):
+def test_rl_modes_end_to_end(tmp_path, mode):
   wd = str(tmp_path / mode)
   extra = ['--label_source=teacher'] if mode == 'self' else []
-  p = run_train(f'--mode={mode}', f'--model={warm}/hf', f'--workdir={wd}', '--kl_coef=0.01', *RL_ARGS, *extra)
+  p = run_train(f'--mode={mode}', f'--workdir={wd}', '--kl_coef=0.01', *RL_ARGS, *extra)
   rows = read_jsonl(os.path.join(wd, 'metrics.jsonl'))
   assert [r['step'] for r in rows] == [1, 2, 3, 4]
   for key in ('pseudo_reward', 'majority_share', 'labelled_fraction', 'true_accuracy', 'label_accuracy',
@@ -302,8 +305,8 @@ def test_rl_modes_end_to_end(warm, tmp_path, mode):
 
 
 @pytest.mark.slow
-def test_kill_and_resume_is_bit_identical(warm, tmp_path):
-  args = [f'--model={warm}/hf', '--mode=self', '--checkpoint_every=2', *RL_ARGS, '--steps=6', '--eval_prompts=0']
+def test_kill_and_resume_is_bit_identical(tmp_path):
+  args = ['--mode=self', '--checkpoint_every=2', *RL_ARGS, '--steps=6', '--eval_prompts=0']
   full = str(tmp_path / 'full')
   run_train(*args, f'--workdir={full}')
   # The same run, killed with SIGKILL once step 3 is logged (step 2's checkpoint is on disk), then resumed.
@@ -364,7 +367,7 @@ def test_bad_data_files_fail_before_compile_and_keep_checkpoints(warm, tmp_path,
   (tmp_path / name).write_bytes(content)
   before = checkpoint_fingerprint(warm)
   t = time.time()
-  p = run_train('--mode=sft', f'--data={tmp_path / name}', f'--workdir={warm}', '--steps=61', check=False)
+  p = run_train('--mode=sft', f'--data={tmp_path / name}', f'--workdir={warm}', '--steps=21', check=False)
   assert p.returncode != 0
   import re
   assert re.search(pattern, p.stderr), p.stderr[-2000:]
@@ -380,7 +383,7 @@ def test_bad_flags_and_foreign_workdir(warm, tmp_path):
            (['--num_samples=1'], '--num_samples=1'),
            (['--mode=self', f'--model={tmp_path}'], f'--model'),
            # the warm-start workdir belongs to an sft run of the tiny policy: a self run there is refused
-           (['--mode=self', f'--model={warm}/hf', f'--data={TASK}'], '--workdir')]
+           (['--mode=self', f'--model={SHIPPED}', f'--data={TASK}'], '--workdir')]
   for args, pattern in cases:
     p = run_train(f'--workdir={warm}', *args, check=False)
     assert p.returncode != 0 and pattern in p.stderr, (args, p.stderr[-2000:])
@@ -389,10 +392,10 @@ def test_bad_flags_and_foreign_workdir(warm, tmp_path):
 
 
 @pytest.mark.slow
-def test_nan_stops_the_run_and_keeps_last_good_checkpoint(warm, tmp_path):
+def test_nan_stops_the_run_and_keeps_last_good_checkpoint(tmp_path):
   wd = str(tmp_path / 'nan')
   # A learning rate of 1e30 makes the weights overflow: the first step is finite, the second is not.
-  p = run_train(f'--model={warm}/hf', '--mode=gt', f'--workdir={wd}', *RL_ARGS, '--learning_rate=1e30',
+  p = run_train('--mode=gt', f'--workdir={wd}', *RL_ARGS, '--learning_rate=1e30',
                 '--checkpoint_every=1', '--eval_prompts=0', check=False)
   assert p.returncode != 0
   assert 'non-finite' in p.stderr and 'last good checkpoint' in p.stderr
