@@ -209,3 +209,57 @@ def test_plan_compiles_and_scales_with_the_batch():
   text = plan.report(out, type('A', (), dict(model_shape='tiny', mesh='2,4,1', num_prompts=4, num_samples=8,
                                              prompt_len=16, response_len=64, remat=True)), 0.9)
   assert "| update | 2 rows/device/micro-batch (2 micro-batches) |" in text and 'H200: update 2 rows' in text
+
+
+MULTIPROCESS_WORKER = r'''
+import json, os, sys
+import jax
+jax.config.update('jax_num_cpu_devices', 4)
+jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+jax.distributed.initialize(f'localhost:{sys.argv[2]}', num_processes=2, process_id=int(sys.argv[1]))
+sys.path[:0] = [sys.argv[3], os.path.join(sys.argv[3], 'tests')]
+import numpy as np
+import model, train
+from test_scale import CFG, RL, random_batch
+mesh = train.make_mesh((2, 4, 1))                  # 8 devices, 4 on each process
+batch = random_batch(16)                           # the same rows on both processes (same seed)
+params = model.init_params(CFG, jax.random.key(0))
+want_loss, want_aux = jax.jit(lambda p, b: train.policy_loss(p, CFG, RL, b))(params, batch)   # this process alone
+opt = train.make_optimizer(RL, RL.learning_rate)
+p_shard = train.param_shardings(CFG, mesh)
+replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+opt_shard = train.optax.tree_map_params(opt, lambda _, s: s, jax.eval_shape(opt.init, params), p_shard,
+                                        transform_non_params=lambda _: replicated)
+put = lambda tree, shardings: jax.tree.map(
+    lambda a, s: jax.make_array_from_callback(a.shape, s, lambda i: np.asarray(a)[i]), tree, shardings)
+state = {'params': put(params, p_shard)}
+state['opt_state'] = jax.jit(opt.init, out_shardings=opt_shard)(state['params'])
+step = train.make_train_step(CFG, RL, opt, train.policy_loss, {'params': p_shard, 'opt_state': opt_shard}, mesh, 2)
+state, aux = step(state, train.global_batch(batch, mesh))
+print(json.dumps({'rows': str(train.process_rows(mesh, 16)), 'loss': float(aux['loss']), 'want': float(want_loss),
+                  'q': train.host_array(state['params']['layers']['q']).ravel()[:5].tolist()}))
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_step(tmp_path):
+  """Multi-host, simulated: two processes of 4 CPU devices each (jax.distributed over localhost, gloo collectives).
+  Each gives the step its own 8 rows through train.global_batch; both see the loss one process computes alone,
+  and the same updated weights."""
+  import socket
+  import subprocess
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if not k.startswith('XLA_')}
+  procs = [subprocess.Popen([sys.executable, '-c', MULTIPROCESS_WORKER, str(i), str(port), root], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert all(p.returncode == 0 for p in procs), [e[-3000:] for _, e in outs]
+  import json
+  got = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+  assert [g['rows'] for g in got] == ['slice(0, 8, None)', 'slice(8, 16, None)']
+  for g in got:
+    assert abs(g['loss'] - g['want']) < 1e-5
+  np.testing.assert_allclose(got[0]['q'], got[1]['q'])

@@ -1,0 +1,181 @@
+"""Speed of the training step on this machine's CPU: tokens/s, and the share of the measured matmul ceiling.
+
+    python bench/train_bench.py                       # 25M-parameter policy, 4 prompts x 4 samples x (32 + 128)
+    python bench/train_bench.py --num_prompts=16 --num_samples=8 --steps=2   # 3 TFLOP a step: minutes on 2 cores
+
+Measured in one process, side by side, `--repeats` times (other work on the machine moves all numbers together,
+so compare the ratios within a repeat):
+  ceiling   float32 jnp.dot of two 2048 x 2048 matrices (best of several): the FLOP/s this CPU reaches in XLA;
+  step      train.make_train_step with train.policy_loss and AdamW (what train.py runs), one device;
+  fwd       the log-probs of the batch (train.token_logprobs) alone;
+  fwd+bwd   the policy loss and its gradient, no optimizer;
+  torch     transformers' Qwen2ForCausalLM (PyTorch) on the same weights (saved with model.save_hf_checkpoint):
+            the same loss (token-mean of -A log p over the response tokens) forward and backward.
+FLOPs per step, counted by hand: 6 x (matmul parameters of the layers x all B*T tokens + the LM head x the B*N
+response tokens it is applied to) + attention 12 x L x B x T^2 x H x Q (QK^T and PV, both full T x T as
+computed; forward 1x, backward 2x). XLA's own count (compiled.cost_analysis()) is printed next to it: it
+counts the body of the scan over layers once, so it is about one layer's share plus the LM head.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import model  # noqa: E402
+import train  # noqa: E402
+
+CFG = model.Config(vocab_size=2048, d_model=512, num_layers=8, num_heads=8, num_kv_heads=2, head_dim=64,
+                   mlp_dim=1408, tie_embeddings=True)
+
+
+def make_batch(rows, Tp, N, V, seed=0):
+  """A full batch: every prompt and response token real (no padding), so the PyTorch model sees the same thing."""
+  rng = np.random.RandomState(seed)
+  return {'prompt_tokens': rng.randint(3, V, (rows, Tp)).astype(np.int32), 'prompt_valid': np.ones((rows, Tp), bool),
+          'tokens': rng.randint(3, V, (rows, N)).astype(np.int32), 'mask': np.ones((rows, N), np.float32),
+          'old_logp': np.full((rows, N), -7.6, np.float32), 'ref_logp': np.full((rows, N), -7.6, np.float32),
+          'advantages': rng.randn(rows).astype(np.float32), 'row_weight': np.ones(rows, np.float32)}
+
+
+def step_flops(cfg, rows, Tp, N):
+  T = Tp + N
+  L, D, H, K, Q, F, V = (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim,
+                         cfg.vocab_size)
+  layer = D * H * Q + 2 * D * K * Q + H * Q * D + 3 * D * F
+  matmul = 6 * (L * layer * rows * T + V * D * rows * N)
+  attention = 12 * L * rows * T * T * H * Q
+  return matmul + attention, matmul, attention
+
+
+def best_time(fn, steps):
+  """Best wall time of one call over `steps` calls (the machine is shared: the best is the least disturbed)."""
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return min(times)
+
+
+def ceiling(n=2048, steps=5):
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, b))
+  return 2 * n ** 3 / best_time(lambda: dot(a, b), steps)
+
+
+def jax_fns(cfg, batch, rl):
+  mesh = train.make_mesh((1, 1, 1))
+  params = model.init_params(cfg, jax.random.key(0))
+  p_shard = train.param_shardings(cfg, mesh)
+  opt = train.make_optimizer(rl, rl.learning_rate)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  opt_shard = train.optax.tree_map_params(opt, lambda _, s: s, jax.eval_shape(opt.init, params), p_shard,
+                                          transform_non_params=lambda _: replicated)
+  step = train.make_train_step(cfg, rl, opt, train.policy_loss, {'params': p_shard, 'opt_state': opt_shard}, mesh)
+  batch = train.global_batch(batch, mesh)
+  state = {'params': jax.tree.map(jnp.copy, params), 'opt_state': opt.init(params)}
+  fwd = jax.jit(lambda p, b: train.token_logprobs(p, cfg, b['prompt_tokens'], b['prompt_valid'], b['tokens'],
+                                                  b['mask'], rl.temperature))
+  grad = jax.jit(jax.value_and_grad(lambda p, b: train.policy_loss(p, cfg, rl, b)[0]))
+  box = {'state': state}
+
+  def run_step():
+    box['state'], aux = step(box['state'], batch)
+    return aux
+  xla_flops = step.lower(state, batch).compile().cost_analysis().get('flops', float('nan'))
+  return params, {'step': run_step, 'fwd': lambda: fwd(params, batch), 'fwd+bwd': lambda: grad(params, batch)}, \
+      xla_flops, fwd(params, batch)[0]
+
+
+def torch_fns(cfg, params, batch, threads):
+  """transformers' model on the same weights; the same loss; forward + backward."""
+  import torch
+  import transformers
+  torch.set_num_threads(threads)
+  d = tempfile.mkdtemp()
+  model.save_hf_checkpoint(d, cfg, params)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation='sdpa')
+  hf.train()
+  Tp = batch['prompt_tokens'].shape[1]
+  ids = torch.from_numpy(np.concatenate([batch['prompt_tokens'], batch['tokens']], 1).astype(np.int64))
+  tokens = torch.from_numpy(batch['tokens'].astype(np.int64))
+  adv = torch.from_numpy(batch['advantages'])[:, None]
+  mask = torch.from_numpy(batch['mask'])
+
+  def logp():
+    logits = hf(input_ids=ids).logits[:, Tp - 1:-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
+
+  def fwd_bwd():
+    hf.zero_grad(set_to_none=True)
+    loss = -(adv * logp() * mask).sum() / mask.sum()
+    loss.backward()
+    return loss
+
+  def fwd():
+    with torch.no_grad():
+      return logp()
+  return {'torch fwd': fwd, 'torch fwd+bwd': fwd_bwd}, fwd().numpy()
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--num_prompts', type=int, default=4)
+  p.add_argument('--num_samples', type=int, default=4)
+  p.add_argument('--prompt_len', type=int, default=32)
+  p.add_argument('--response_len', type=int, default=128)
+  p.add_argument('--steps', type=int, default=3, help='timed calls per measurement (the best counts)')
+  p.add_argument('--repeats', type=int, default=2)
+  p.add_argument('--torch', action=argparse.BooleanOptionalAction, default=True)
+  args = p.parse_args()
+  cfg, rows, Tp, N = CFG, args.num_prompts * args.num_samples, args.prompt_len, args.response_len
+  rl = train.RLConfig(learning_rate=1e-6, temperature=1.0)
+  batch = make_batch(rows, Tp, N, cfg.vocab_size)
+  n_params = sum(int(np.prod(s)) for s in jax.tree.leaves(model.param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple)))
+  flops, matmul, attention = step_flops(cfg, rows, Tp, N)
+  print(f'policy: {n_params / 1e6:.1f}M parameters; batch {args.num_prompts} prompts x {args.num_samples} samples x '
+        f'({Tp} + {N}) tokens = {rows * (Tp + N)} tokens; {jax.device_count()} JAX device(s), '
+        f'{os.cpu_count()} CPU cores')
+  params, fns, xla_flops, jax_logp = jax_fns(cfg, batch, rl)
+  print(f'FLOPs per step: {flops / 1e9:.1f} G by hand ({matmul / 1e9:.1f} G matmuls, {attention / 1e9:.1f} G '
+        f'attention); XLA counts {xla_flops / 1e9:.1f} G (one scan iteration: one layer + the LM head)')
+  if args.torch:
+    import torch
+    tfns, torch_logp = torch_fns(cfg, params, batch, os.cpu_count())
+    fns.update(tfns)
+    print(f'same weights in transformers: log-probs agree to {np.abs(torch_logp - np.asarray(jax_logp)).max():.1e}; '
+          f'torch {torch.__version__} with {torch.get_num_threads()} threads')
+  for f in fns.values():   # compile / warm up
+    jax.block_until_ready(f())
+  # FLOPs of each measurement: the forward is a third of fwd+bwd (the backward does twice the forward's work).
+  work = {'step': flops, 'fwd+bwd': flops, 'fwd': flops / 3, 'torch fwd+bwd': flops, 'torch fwd': flops / 3}
+  print(f'\neach cell: best seconds of {args.steps} calls, and the share of the matmul ceiling measured just before '
+        f'and after it (their mean)')
+  print(f'{"repeat":>6} {"ceiling GFLOP/s":>16} ' + ' '.join(f'{k:>19}' for k in fns) + f' {"step tok/s":>11}'
+        + (f' {"torch/jax fwd+bwd":>17}' if args.torch else ''))
+  for r in range(args.repeats):
+    t, share, peaks = {}, {}, []
+    for k, f in fns.items():
+      before = ceiling()
+      t[k] = best_time(f, args.steps)
+      peak = (before + ceiling()) / 2
+      share[k], peaks = work[k] / t[k] / peak, peaks + [peak]
+    line = f'{r + 1:>6} {np.mean(peaks) / 1e9:>16.1f} ' + ' '.join(f'{t[k]:>9.3f} s {share[k]:>6.1%}' for k in fns)
+    line += f' {rows * (Tp + N) / t["step"]:>11.0f}'
+    if args.torch:
+      line += f' {t["torch fwd+bwd"] / t["fwd+bwd"]:>17.2f}'
+    print(line, flush=True)
+  print('\nstep tok/s counts prompt and response tokens (B x T); the optimizer is step - fwd+bwd.')
+
+
+if __name__ == '__main__':
+  main()
