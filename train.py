@@ -250,8 +250,10 @@ def constrain(x, axes):
 
 # Multi-host (--distributed): one process per host, all running this same program. Every process loads the same
 # prompts in the same order (same seed), the sampler is one SPMD program over the whole mesh, and each process
-# hands the update step only the rows its own devices hold. Written for multi-host and checked here with several
-# processes on one machine only (tests/test_scale.py); not yet run on a real multi-host pod or cluster.
+# hands the update step only the rows its own devices hold. Checked with two processes on one machine
+# (tests/test_scale.py, the step alone); not yet run on a real multi-host pod or cluster. Not yet multi-host:
+# eval.py and the Hugging Face export read arrays whole (np.asarray, device_get), which fails for arrays that
+# span hosts; every process writes the logs.
 
 
 def process_rows(mesh, num_rows: int) -> slice:
@@ -270,7 +272,7 @@ def global_batch(batch: dict, mesh) -> dict:
   """A batch of host arrays, whole on every process -> global jax arrays sharded over the batch axes.
 
   Each process contributes its own rows (process_rows) through jax.make_array_from_process_local_data, so no
-  host sends another host data; with one process that is a plain device_put."""
+  host sends another host data; with one process it amounts to a device_put."""
   out = {}
   for k, v in batch.items():
     v = np.asarray(v)
@@ -511,8 +513,8 @@ class Rollouts:
     """Steps 1-4 for one set of prompts: sample, vote (or look up), reward. Returns host-side arrays."""
     rl, G = self.rl, self.rl.num_samples
     ro, texts, answers = self.sample(params, examples, jax.random.fold_in(key, 0))
-    if rl.mode == 'gt':
-      labels = [(ex.answer, 1.0) for ex in examples]
+    if rl.mode == 'gt':   # the label is the data set's; the share logged is still the policy's own vote
+      labels = [(ex.answer, share) for ex, (_, share) in zip(examples, vote_groups(answers, G))]
     elif rl.label_source == 'teacher':
       _, _, teacher_answers = self.sample(teacher_params, examples, jax.random.fold_in(key, 1))
       labels = vote_groups(teacher_answers, G)
@@ -744,7 +746,8 @@ def run(rl: RLConfig, dc: DataConfig, run_cfg: RunConfig, datasets, *, log_prefi
       m.update(m_roll)
       t_roll = time.time()
       if scorer is not None:
-        batch['ref_logp'] = np.asarray(scorer(ref_params, batch))
+        rows = global_batch({k: batch[k] for k in ('prompt_tokens', 'prompt_valid', 'tokens', 'mask')}, mesh)
+        batch['ref_logp'] = host_array(scorer(ref_params, rows))
       else:
         batch['ref_logp'] = batch['old_logp']
       kl_tok = k3(jnp.asarray(batch['old_logp']), jnp.asarray(batch['ref_logp']))
@@ -866,21 +869,38 @@ def easiest(rollouts, params, examples, rl, mesh):
 
 
 def plot(workdir):
-  """training_curves.png: the curves a user looks at instead of reading metrics.jsonl."""
+  """training_curves.png: the curves a user looks at instead of reading metrics.jsonl. Per-step metrics of 16
+  prompts are noisy: each is drawn faint, with its 10-step moving average on top. The held-out panel adds the
+  before/after evaluations of summary.json at the first and last step."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
-  panels = [('pseudo_reward', 'true_accuracy', 'label_accuracy'), ('eval_avg@k', 'eval_maj@k'),
-            ('kl',), ('entropy',), ('response_length',), ('loss',)]
+  summary_file = os.path.join(workdir, 'summary.json')
+  summary = json.load(open(summary_file)) if os.path.exists(summary_file) else {}
+  last = rows[-1]['step'] if rows else 0
+  for when, step in (('before', 0), ('after', last)):
+    if when in summary:
+      rows.append({'step': step, **{f'eval_{k}': v for k, v in summary[when].items()}})
+  panels = [('pseudo_reward', 'true_accuracy', 'label_accuracy'), ('eval_avg@k', 'eval_maj@k', 'val_avg@k'),
+            ('kl',), ('entropy',), ('response_length',), ('majority_share', 'parse_rate')]
   fig, axes = plt.subplots(2, 3, figsize=(13, 7))
   for ax, keys in zip(axes.flat, panels):
     for k in keys:
-      pts = [(r['step'], r[k]) for r in rows if r.get(k) is not None]
-      if pts:
-        ax.plot(*zip(*pts), label=k, marker='o' if k.startswith('eval') else None, ms=3)
+      pts = sorted((r['step'], r[k]) for r in rows if r.get(k) is not None)
+      if not pts:
+        continue
+      x, y = map(np.asarray, zip(*pts))
+      if k.startswith(('eval', 'val')):
+        ax.plot(x, y, marker='o', ms=4, label=k.replace('@k', f'@{summary.get("k", "k")}'))
+      else:
+        line, = ax.plot(x, y, alpha=0.3, lw=0.8)
+        w = min(10, len(y))
+        ax.plot(x[w - 1:], np.convolve(y, np.ones(w) / w, mode='valid'), color=line.get_color(), label=k)
     ax.set_xlabel('step')
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+  fig.suptitle(os.path.basename(os.path.abspath(workdir)))
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, 'training_curves.png'), dpi=90)
   plt.close(fig)
