@@ -14,7 +14,7 @@ How it works (one compiled function per bucket of prompt length and batch shape)
      so a prompt is prefilled once however many samples it gets, and grown to S = Tp - 1 + N slots.
   4) Decode: a `lax.while_loop` over a `_State` feeds each row's last token (the last prompt token first; its
      position = prompt length - 1 + step), samples the next with key `fold_in(key, step)`, and stops as soon as
-     every row has emitted an EOS id or N tokens.
+     every row has emitted an EOS id or N tokens. (The state has no key: the N step keys are made up front.)
 The decode step is `decode_step`, the model's arithmetic rewritten for one token per row (tests hold it to
 `model.forward`): per-layer weight and cache buffers so the loop reads them in place and writes one cache slot
 per step, fused q/k/v and gate/up matmuls. XLA CPU otherwise copies a layer's weights and cache on every
@@ -90,7 +90,6 @@ class _State:
   logprobs: jax.Array   # (B, N) float32
   lengths: jax.Array    # (B,) int32
   cache: DecodeCache
-  key: jax.Array
 
 
 def bucket(length: int) -> int:
@@ -291,7 +290,10 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
   state = _State(
       step=jnp.zeros((), jnp.int32), done=rows(jnp.zeros((B,), bool)), token=rep(tokens[:, -1]),
       tokens=rows(jnp.full((B, N), pad_id, jnp.int32)), logprobs=rows(jnp.zeros((B, N), jnp.float32)),
-      lengths=rows(jnp.zeros((B,), jnp.int32)), cache=cache, key=key)
+      lengths=rows(jnp.zeros((B,), jnp.int32)), cache=cache)
+  # Per-step keys fold_in(key, step), all made here: inside the loop each fold_in is a rolled threefry loop of
+  # its own (about 80 small XLA CPU ops per step).
+  step_keys = jax.vmap(lambda step: jax.random.fold_in(key, step))(jnp.arange(N))   # (N,) keys
 
   # 3) Decode: feed the last token, sample the next, until every row is done or has N tokens.
   def cond(s: _State):
@@ -300,7 +302,7 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
   def body(s: _State):
     pos = last_position + s.step                                                # (B,) position of s.token
     logits, cache = decode_step(params, layers, cfg, s.token, pos, s.cache)
-    token, logp = sample_token(logits, jax.random.fold_in(s.key, s.step), temperature, top_p,
+    token, logp = sample_token(logits, step_keys[s.step], temperature, top_p,
                                greedy=greedy, nucleus=nucleus)                  # (B,), (B,)
     live = ~s.done                                                               # rows still writing
     token = jnp.where(live, token, pad_id)
@@ -308,7 +310,7 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
         step=s.step + 1, done=s.done | (live & eos_table[token]), token=token,
         tokens=s.tokens.at[:, s.step].set(token),
         logprobs=s.logprobs.at[:, s.step].set(jnp.where(live, logp, 0.0)),
-        lengths=s.lengths + live, cache=cache, key=s.key)
+        lengths=s.lengths + live, cache=cache)
 
   state = jax.lax.while_loop(cond, body, state)
   mask = jnp.arange(N)[None, :] < state.lengths[:, None]                        # (B, N)

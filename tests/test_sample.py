@@ -214,7 +214,7 @@ def test_sharded_equals_unsharded(shape, names, types):
 
 def test_generate_text(tmp_path):
   tok = model.build_char_tokenizer(str(tmp_path))
-  prompts = ['2+3=', 'What is 12 - 7?', 'x', 'Compute 4*4.', 'abc', '1+1+1=', 'Say hi', '99-9=']
+  prompts = ['2+3=', 'What is 12-7?', 'x', 'Compute 4*4.', 'abc', '1+1+1=', 'Say hi', '99-9=']   # <= 14 chars
   texts, r, prompt_ids = sample.generate(PARAMS, CFG, tok, prompts, num_samples=G, max_new_tokens=N,
                                          temperature=1.0, key=jax.random.key(0), chat_template=True,
                                          return_rollout=True)
@@ -228,3 +228,8 @@ def test_generate_text(tmp_path):
       assert text == tok.decode([t for t in ids if t != 1]) and 1 not in ids[:-1]
   assert texts == sample.generate(PARAMS, CFG, tok, prompts, num_samples=G, max_new_tokens=N, temperature=1.0,
                                   key=jax.random.key(0))
+  # With a chat template, each prompt is wrapped as a user turn before tokenizing.
+  tok.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+  _, _, wrapped = sample.generate(PARAMS, CFG, tok, prompts, num_samples=G, max_new_tokens=N, temperature=1.0,
+                                  key=jax.random.key(0), chat_template=True, return_rollout=True)
+  assert wrapped == [tok(f'[{p}]')['input_ids'] for p in prompts]
