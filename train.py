@@ -586,7 +586,10 @@ def load_policy(dc: DataConfig, workdir: str, seed: int):
       model.build_char_tokenizer(tok_dir)
     cfg = model.PRESETS[EMBEDDED]
     return cfg, model.init_params(cfg, jax.random.key(seed)), model.load_tokenizer(tok_dir), tok_dir
-  cfg, params = model.load_hf_checkpoint(dc.model)
+  # Float32 master weights whatever the checkpoint stores: an AdamW step at the paper's 1e-6 is far below
+  # bfloat16's rounding of a typical weight (bf16(0.02) + 1e-6 == bf16(0.02)), so a bf16 policy would not move.
+  # Matmuls still run in the checkpoint's dtype (cfg.dtype).
+  cfg, params = model.load_hf_checkpoint(dc.model, param_dtype='float32')
   return cfg, params, model.load_tokenizer(dc.model), dc.model
 
 
