@@ -13,8 +13,9 @@ How it works (one compiled function per bucket of prompt length and batch shape)
   3) The cache is repeated G times along the batch axis (rows of one prompt stay adjacent: i*G .. i*G+G-1),
      so a prompt is prefilled once however many samples it gets, and grown to S = Tp - 1 + N slots.
   4) Decode: a `lax.while_loop` over a `_State` feeds each row's last token (the last prompt token first; its
-     position = prompt length - 1 + step), samples the next with key `fold_in(key, step)`, and stops as soon as
-     every row has emitted an EOS id or N tokens. (The state has no key: the N step keys are made up front.)
+     position = prompt length - 1 + step), samples the next with a uniform drawn with key `fold_in(key, step)`,
+     and stops as soon as every row has emitted an EOS id or N tokens. (The state has no key: the uniforms of
+     all N steps are drawn up front.)
 The decode step is `decode_step`, the model's arithmetic rewritten for one token per row (tests hold it to
 `model.forward`): per-layer weight and cache buffers so the loop reads them in place and writes one cache slot
 per step, fused q/k/v and gate/up matmuls. XLA CPU otherwise copies a layer's weights and cache on every
@@ -109,27 +110,32 @@ def pad_prompts(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.n
   return tokens, valid
 
 
-def sample_token(logits, key, temperature, top_p, *, greedy: bool, nucleus: bool):
-  """logits (B, V) float32 -> (token (B,) int32, its log-prob (B,) under the tempered full distribution).
+def sample_token(logits, u, temperature, top_p, *, greedy: bool, nucleus: bool):
+  """logits (B, V) float32, u (B,) uniform in (0, 1] -> (token (B,) int32, its log-prob (B,) under the tempered
+  full distribution).
 
+  Inverse-CDF sampling: the token whose cumulative probability interval holds u * (total mass); zero-probability
+  tokens have empty intervals. One uniform per row, drawn before the loop, instead of the V Gumbel variates per
+  row of jax.random.categorical (threefry over B x V per step: the largest sampling cost on CPU).
   nucleus: keep the smallest set of most likely tokens whose mass reaches top_p (the top token always), and
   draw from it renormalised. Done in sorted order, so ties at the boundary cannot let an extra token in.
   """
   if greedy:
-    token = jnp.argmax(logits, axis=-1)
+    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logp = jax.nn.log_softmax(logits, axis=-1)
   else:
     logp = jax.nn.log_softmax(logits / temperature, axis=-1)                   # (B, V)
     if nucleus:
       order = jnp.argsort(-logp, axis=-1)                                      # (B, V) most likely first
-      sorted_logp = jnp.take_along_axis(logp, order, axis=-1)
-      mass = jnp.cumsum(jnp.exp(sorted_logp), axis=-1)
-      before = jnp.concatenate([jnp.zeros_like(mass[:, :1]), mass[:, :-1]], axis=-1)  # mass of better tokens
-      pick = jax.random.categorical(key, jnp.where(before < top_p, sorted_logp, -jnp.inf))
-      token = jnp.take_along_axis(order, pick[:, None], axis=-1)[:, 0]
+      cdf = jnp.cumsum(jnp.exp(jnp.take_along_axis(logp, order, axis=-1)), axis=-1)
+      before = jnp.concatenate([jnp.zeros_like(cdf[:, :1]), cdf[:, :-1]], axis=-1)   # mass of better tokens
+      size = jnp.sum(before < top_p, axis=-1)                                  # (B,) tokens in the nucleus, >= 1
+      total = jnp.take_along_axis(cdf, size[:, None] - 1, axis=-1)             # (B, 1) their mass
+      pick = jnp.minimum(jnp.sum(cdf < u[:, None] * total, axis=-1), size - 1)   # the min only guards rounding
+      token = jnp.take_along_axis(order, pick[:, None], axis=-1)[:, 0].astype(jnp.int32)
     else:
-      token = jax.random.categorical(key, logp)
-  token = token.astype(jnp.int32)
+      cdf = jnp.cumsum(jnp.exp(logp), axis=-1)                                 # (B, V)
+      token = jnp.sum(cdf < u[:, None] * cdf[:, -1:], axis=-1).astype(jnp.int32)
   return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
 
@@ -291,9 +297,10 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
       step=jnp.zeros((), jnp.int32), done=rows(jnp.zeros((B,), bool)), token=rep(tokens[:, -1]),
       tokens=rows(jnp.full((B, N), pad_id, jnp.int32)), logprobs=rows(jnp.zeros((B, N), jnp.float32)),
       lengths=rows(jnp.zeros((B,), jnp.int32)), cache=cache)
-  # Per-step keys fold_in(key, step), all made here: inside the loop each fold_in is a rolled threefry loop of
-  # its own (about 80 small XLA CPU ops per step).
-  step_keys = jax.vmap(lambda step: jax.random.fold_in(key, step))(jnp.arange(N))   # (N,) keys
+  # The randomness of every step, drawn here with the per-step keys fold_in(key, step): one uniform in (0, 1] per
+  # row and step. Inside the loop, XLA CPU runs each threefry call as a rolled loop of ~80 small ops.
+  draw = lambda step: 1.0 - jax.random.uniform(jax.random.fold_in(key, step), (B,))
+  uniforms = rows(jax.vmap(draw)(jnp.arange(N)), 1)                            # (N, B)
 
   # 3) Decode: feed the last token, sample the next, until every row is done or has N tokens.
   def cond(s: _State):
@@ -302,7 +309,7 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
   def body(s: _State):
     pos = last_position + s.step                                                # (B,) position of s.token
     logits, cache = decode_step(params, layers, cfg, s.token, pos, s.cache)
-    token, logp = sample_token(logits, step_keys[s.step], temperature, top_p,
+    token, logp = sample_token(logits, uniforms[s.step], temperature, top_p,
                                greedy=greedy, nucleus=nucleus)                  # (B,), (B,)
     live = ~s.done                                                               # rows still writing
     token = jnp.where(live, token, pad_id)

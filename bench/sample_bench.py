@@ -1,25 +1,28 @@
 """Sampling speed of sample.py against its peers, on the same random Qwen2 weights, side by side in one run.
 
-Run: python bench/sample_bench.py                 (about 5-10 minutes on a 2-core CPU)
-     python bench/sample_bench.py --sizes 1x1,16x8,64x1 --repeats 3 --skip_hf --skip_tunix
+Run: python bench/sample_bench.py                 (about 15 minutes on a 2-core CPU)
+     python bench/sample_bench.py --sizes 1x1,16x8 --repeats 3 --skip_hf --skip_tunix
 
-The model: a Qwen2-shaped decoder of ~24M parameters (hidden 512, 8 layers, 8 heads, 2 kv heads, head dim 64,
+The model: a Qwen2-shaped decoder of 23.6M parameters (hidden 512, 8 layers, 8 heads, 2 kv heads, head dim 64,
 MLP 1408, vocabulary 2048, tied embeddings), random weights (model.init_params) saved once as a Hugging Face
 checkpoint that every sampler loads. Prompts of 32 random tokens; N = 128 new tokens at temperature 1, top-p 1,
 and every row runs to N tokens (no EOS). A size PxG is P prompts with G samples each (P * G rows).
 
-Timed: the whole call (prefill + decode), best of --repeats, after one untimed warm-up call (compilation).
+Timed: the whole call (prefill + decode), after one untimed warm-up call per size (compilation).
   ours   sample.sample (jitted prefill + lax.while_loop decode)
   HF     transformers generate, PyTorch CPU, do_sample, top_k=0, min_new_tokens=N, num_return_sequences=G
-  Tunix  google-tunix's Sampler on its Qwen2 (weights from the same safetensors), run as a subprocess with the
+  Tunix  google-tunix's Sampler on its Qwen2 (weights from the same safetensors), in a worker process run by the
          python of a separate venv (--tunix_python, default /tmp/tunix-venv/bin/python: `python3 -m venv
          /tmp/tunix-venv && /tmp/tunix-venv/bin/pip install google-tunix`); skipped if absent. Tunix has no
          samples-per-prompt argument, so each prompt is repeated G times.
+The machine may be shared, and its speed then drifts by several times within minutes. So the measurements are
+interleaved: each of --repeats rounds times the ceilings, ours, HF and Tunix back to back, and each reports its
+best round. Compare the ratios, measured side by side, more than the absolute numbers.
 
 Ceilings (a roofline for this model on this machine): compute = measured float32 matmul FLOP/s / (2 * matmul
 parameters per token); memory = measured copy bandwidth (bytes read + written per second) / bytes of weights
 read per decode step. A size of R rows can do at most min(R * memory ceiling, compute ceiling) tokens/s
-(attention and the KV cache are left out: they are small next to the weights here).
+(prefill, attention and the KV cache are left out: they are small next to the weights here).
 """
 import argparse
 import json
@@ -44,14 +47,10 @@ def make_prompts(num_prompts: int) -> list[list[int]]:
   return np.random.RandomState(num_prompts).randint(1, CONFIG['vocab_size'], (num_prompts, PROMPT_LEN)).tolist()
 
 
-def best_time(fn, repeats: int, warmup=None) -> float:
-  (warmup or fn)()   # warm-up: compilation, allocations
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return min(times)
+def timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -62,100 +61,89 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 # Ceilings
 
 
-def ceilings(cfg) -> dict:
-  import jax
-  import jax.numpy as jnp
-  import model
-  n = 2048
-  a = np.random.RandomState(0).rand(n, n).astype(np.float32)
-  x = jnp.asarray(a)
-  matmul = jax.jit(lambda x: x @ x)
-  flops = max(2 * n ** 3 / best_time(lambda: a @ a, 5),
-              2 * n ** 3 / best_time(lambda: matmul(x).block_until_ready(), 5))
-  big = np.ones(64 * 2 ** 20, np.float32)   # 256 MiB
-  out = np.empty_like(big)
-  bandwidth = 2 * big.nbytes / best_time(lambda: np.copyto(out, big), 5)
-  shapes = model.param_shapes(cfg)
-  count = lambda tree: sum(int(np.prod(s)) for s in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, tuple)))
-  total = count(shapes)
-  matmul_params = count(shapes['layers']) + cfg.vocab_size * cfg.d_model   # per layer + LM head (embedding rows)
-  weight_bytes = 4 * total                                                   # float32, all read once per step
-  return dict(params=total, flops=flops, bandwidth=bandwidth, compute_tok_s=flops / (2 * matmul_params),
-              memory_tok_s=bandwidth / weight_bytes)
+class Ceilings:
+  """Measures the machine's matmul FLOP/s and copy bandwidth; converts them to tokens/s for the model."""
+
+  def __init__(self, cfg):
+    import jax
+    import jax.numpy as jnp
+    import model
+    n = 2048
+    self.a = np.random.RandomState(0).rand(n, n).astype(np.float32)
+    x = jnp.asarray(self.a)
+    matmul = jax.jit(lambda x: x @ x)
+    self.jax_matmul = lambda: matmul(x).block_until_ready()
+    self.jax_matmul()
+    self.big = np.ones(64 * 2 ** 20, np.float32)   # 256 MiB
+    self.out = np.empty_like(self.big)
+    count = lambda tree: sum(int(np.prod(s)) for s in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, tuple)))
+    shapes = model.param_shapes(cfg)
+    self.params = count(shapes)
+    self.matmul_params = count(shapes['layers']) + cfg.vocab_size * cfg.d_model   # layers + LM head
+    self.weight_bytes = 4 * self.params                                            # float32, each read once a step
+
+  def measure(self) -> dict:
+    n = self.a.shape[0]
+    flops = 2 * n ** 3 / min(min(timed(lambda: self.a @ self.a), timed(self.jax_matmul)) for _ in range(3))
+    bandwidth = 2 * self.big.nbytes / min(timed(lambda: np.copyto(self.out, self.big)) for _ in range(3))
+    return dict(flops=flops, bandwidth=bandwidth, compute_tok_s=flops / (2 * self.matmul_params),
+                memory_tok_s=bandwidth / self.weight_bytes)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The three samplers. Each returns {size: tokens/s}.
+# The three samplers: for a size, (warm-up, timed call returning seconds).
 
 
-def bench_ours(cfg, params, sizes, new_tokens, repeats) -> dict:
+def ours(cfg, params, P, G, new_tokens):
   import jax
   import sample
-  out = {}
-  for P, G in sizes:
-    prompts = make_prompts(P)
-    run = lambda: jax.block_until_ready(sample.sample(
-        params, cfg, prompts, num_samples=G, max_new_tokens=new_tokens, temperature=1.0,
-        key=jax.random.key(int(time.perf_counter() * 1e6) % 2 ** 31), eos_ids=[]).tokens)
-    out[f'{P}x{G}'] = P * G * new_tokens / best_time(run, repeats)
-  return out
+  prompts = make_prompts(P)
+  calls = iter(range(10 ** 6))
+
+  def run():
+    rollout = sample.sample(params, cfg, prompts, num_samples=G, max_new_tokens=new_tokens, temperature=1.0,
+                            key=jax.random.key(next(calls)), eos_ids=[])
+    jax.block_until_ready(rollout.tokens)
+  return run, lambda: timed(run)
 
 
-def bench_hf(path, sizes, new_tokens, repeats) -> dict:
+def huggingface(hf, P, G, new_tokens):
   import torch
-  import transformers
-  hf = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
-  out = {}
-  for P, G in sizes:
-    ids = torch.tensor(make_prompts(P))
+  ids = torch.tensor(make_prompts(P))
 
-    def run(n=new_tokens):
-      with torch.no_grad():
-        seqs = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
-                           top_p=1.0, max_new_tokens=n, min_new_tokens=n, num_return_sequences=G,
-                           use_cache=True, pad_token_id=0, eos_token_id=1)
-      assert seqs.shape == (P * G, PROMPT_LEN + n), seqs.shape
-    # Eager PyTorch compiles nothing: a short warm-up call is enough.
-    out[f'{P}x{G}'] = P * G * new_tokens / best_time(run, repeats, warmup=lambda: run(8))
-  return out
+  def run(n=new_tokens):
+    with torch.no_grad():
+      seqs = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
+                         top_p=1.0, max_new_tokens=n, min_new_tokens=n, num_return_sequences=G, use_cache=True,
+                         pad_token_id=0, eos_token_id=1)
+    assert seqs.shape == (P * G, PROMPT_LEN + n), seqs.shape
+  return (lambda: run(8)), lambda: timed(run)   # eager PyTorch compiles nothing: a short warm-up is enough
 
 
-def greedy_check(cfg, params, path, tunix_python) -> str:
-  """Same weights, same model? The first 8 greedy tokens of one prompt, from each implementation."""
-  import jax
-  import torch
-  import transformers
-  import sample
-  prompt = make_prompts(1)
-  ours = np.asarray(sample.sample(params, cfg, prompt, num_samples=1, max_new_tokens=8, temperature=0.0,
-                                  key=jax.random.key(0), eos_ids=[]).tokens)[0].tolist()
-  hf = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
-  ref = hf.generate(torch.tensor(prompt), do_sample=False, max_new_tokens=8, min_new_tokens=8, pad_token_id=0,
-                    eos_token_id=1)[0, PROMPT_LEN:].tolist()
-  line = f'greedy 8 tokens: ours {ours}, HF {"same" if ref == ours else ref}'
-  if os.path.exists(tunix_python):
-    res = subprocess.run([tunix_python, __file__, '--tunix_worker', '--greedy', '--ckpt', path],
-                         capture_output=True, text=True)
-    got = [json.loads(l[6:]) for l in res.stdout.splitlines() if l.startswith('TUNIX ')]
-    line += f', Tunix {("same" if got[0] == ours else got[0]) if got else "failed: " + res.stderr[-300:]}'
-  return line
+class TunixWorker:
+  """Tunix in its own venv, as a process that stays up: one command per line in, one 'TUNIX ...' line out."""
 
+  def __init__(self, python, path, new_tokens):
+    self.log = tempfile.NamedTemporaryFile('w+', prefix='tunix_', suffix='.log', delete=False)
+    self.proc = subprocess.Popen([python, __file__, '--tunix_worker', '--ckpt', path, '--new_tokens',
+                                  str(new_tokens)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=self.log, text=True, bufsize=1)
 
-def bench_tunix(tunix_python, path, sizes, new_tokens, repeats) -> dict:
-  sizes_arg = ','.join(f'{P}x{G}' for P, G in sizes)
-  res = subprocess.run([tunix_python, __file__, '--tunix_worker', '--ckpt', path, '--sizes', sizes_arg,
-                        '--new_tokens', str(new_tokens), '--repeats', str(repeats)], capture_output=True, text=True)
-  out = {}
-  for line in res.stdout.splitlines():
-    if line.startswith('TUNIX '):
-      out.update(json.loads(line[6:]))
-  if not out:
-    print(f'Tunix failed:\n{res.stderr[-2000:]}')
-  return out
+  def call(self, command: str):
+    self.proc.stdin.write(command + '\n')
+    for line in self.proc.stdout:
+      if line.startswith('TUNIX '):
+        return json.loads(line[6:])
+    self.log.seek(0)
+    raise RuntimeError(f'Tunix worker died:\n{self.log.read()[-3000:]}')
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
 
 
 def tunix_worker(args):
-  """Runs inside the Tunix venv: loads the checkpoint into Tunix's Qwen2 and times its Sampler."""
+  """Runs inside the Tunix venv: loads the checkpoint into Tunix's Qwen2, answers 'greedy', 'run PxG' lines."""
   import jax
   from tunix.generate import sampler as tunix_sampler
   from tunix.models.qwen2 import model as qwen2
@@ -185,22 +173,22 @@ def tunix_worker(args):
   cache = tunix_sampler.CacheConfig(cache_size=PROMPT_LEN + args.new_tokens, num_layers=cfg.num_layers,
                                     num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim)
   sampler = tunix_sampler.Sampler(policy, IdTokenizer(), cache)
-  if args.greedy:
-    out = sampler([' '.join(map(str, make_prompts(1)[0]))], max_generation_steps=8, temperature=0.0,
-                  eos_tokens=[-1])
-    print('TUNIX ' + json.dumps(np.asarray(out.tokens[0]).tolist()), flush=True)
-    return
-  for P, G in parse_sizes(args.sizes):
+  for seed, command in enumerate(sys.stdin):
+    if command.strip() == 'greedy':
+      out = sampler([' '.join(map(str, make_prompts(1)[0]))], max_generation_steps=8, temperature=0.0,
+                    eos_tokens=[-1])
+      print('TUNIX ' + json.dumps(np.asarray(out.tokens[0]).tolist()), flush=True)
+      continue
+    P, G = parse_sizes(command.split()[1])[0]
     texts = [' '.join(map(str, p)) for p in make_prompts(P) for _ in range(G)]   # G adjacent copies
 
     def run():
       # eos -1 never matches a token: every row runs the full N steps.
       out = sampler(texts, max_generation_steps=args.new_tokens, temperature=1.0, top_p=1.0, eos_tokens=[-1],
-                    seed=int(time.perf_counter() * 1e6) % 2 ** 31)
+                    seed=seed)
       jax.block_until_ready(out.tokens)
       assert all(len(t) == args.new_tokens for t in out.tokens)
-    tok_s = P * G * args.new_tokens / best_time(run, args.repeats)
-    print('TUNIX ' + json.dumps({f'{P}x{G}': tok_s}), flush=True)
+    print('TUNIX ' + json.dumps(timed(run)), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -210,12 +198,11 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--sizes', default='1x1,16x8,64x1', help='comma-separated PxG: P prompts, G samples each')
   parser.add_argument('--new_tokens', type=int, default=128)
-  parser.add_argument('--repeats', type=int, default=2, help='timed calls per size (best is reported)')
+  parser.add_argument('--repeats', type=int, default=2, help='timed rounds per size (each reports its best)')
   parser.add_argument('--skip_hf', action='store_true')
   parser.add_argument('--skip_tunix', action='store_true')
   parser.add_argument('--tunix_python', default='/tmp/tunix-venv/bin/python')
   parser.add_argument('--tunix_worker', action='store_true', help=argparse.SUPPRESS)
-  parser.add_argument('--greedy', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--ckpt', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.tunix_worker:
@@ -223,41 +210,70 @@ def main():
 
   import jax
   import model
+  import sample
   sizes = parse_sizes(args.sizes)
   cfg = model.Config(**CONFIG)
   params = model.init_params(cfg, jax.random.key(0))
   path = tempfile.mkdtemp(prefix='sample_bench_')
   model.save_hf_checkpoint(path, cfg, params)
-  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} cores; '
-        f'N = {args.new_tokens} new tokens, prompt {PROMPT_LEN}, best of {args.repeats}')
-  c = ceilings(cfg)
-  print(f'{c["params"] / 1e6:.1f}M parameters; matmul {c["flops"] / 1e9:.0f} GFLOP/s -> compute ceiling '
-        f'{c["compute_tok_s"]:,.0f} tok/s; copy bandwidth {c["bandwidth"] / 1e9:.1f} GB/s -> memory ceiling '
-        f'{c["memory_tok_s"]:,.0f} tok/s per row')
-  have_tunix = not args.skip_tunix and os.path.exists(args.tunix_python)
-  if not args.skip_tunix and not have_tunix:
-    print(f'Tunix skipped: {args.tunix_python} not found (see the module docstring to create the venv)')
-  if not args.skip_hf:
-    print(greedy_check(cfg, params, path, args.tunix_python if have_tunix else ''))
+  ceilings = Ceilings(cfg)
+  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} cores, '
+        f'{ceilings.params / 1e6:.1f}M parameters; N = {args.new_tokens} new tokens, prompt {PROMPT_LEN}; best of '
+        f'{args.repeats} interleaved rounds', flush=True)
 
-  results = {'ours': bench_ours(cfg, params, sizes, args.new_tokens, args.repeats)}
+  # Same weights, same model? The first 8 greedy tokens of one prompt, from each implementation.
+  prompt = make_prompts(1)
+  greedy = np.asarray(sample.sample(params, cfg, prompt, num_samples=1, max_new_tokens=8, temperature=0.0,
+                                    key=jax.random.key(0), eos_ids=[]).tokens)[0].tolist()
+  line = f'greedy 8 tokens: ours {greedy}'
+  samplers = {'ours': lambda P, G: ours(cfg, params, P, G, args.new_tokens)}
   if not args.skip_hf:
-    results['HF'] = bench_hf(path, sizes, args.new_tokens, args.repeats)
-  if have_tunix:
-    results['Tunix'] = bench_tunix(args.tunix_python, path, sizes, args.new_tokens, args.repeats)
+    import torch
+    import transformers
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+    ref = hf.generate(torch.tensor(prompt), do_sample=False, max_new_tokens=8, min_new_tokens=8, pad_token_id=0,
+                      eos_token_id=1)[0, PROMPT_LEN:].tolist()
+    line += f', HF {"same" if ref == greedy else ref}'
+    samplers['HF'] = lambda P, G: huggingface(hf, P, G, args.new_tokens)
+  worker = None
+  if not args.skip_tunix:
+    if os.path.exists(args.tunix_python):
+      worker = TunixWorker(args.tunix_python, path, args.new_tokens)
+      ref = worker.call('greedy')
+      line += f', Tunix {"same" if ref == greedy else ref}'
+      samplers['Tunix'] = lambda P, G: (lambda: worker.call(f'run {P}x{G}'), lambda: worker.call(f'run {P}x{G}'))
+    else:
+      print(f'Tunix skipped: {args.tunix_python} not found (see the module docstring to create the venv)')
+  print(line, flush=True)
 
-  peers = [name for name in ('HF', 'Tunix') if name in results]
-  head = f'{"size":>6} {"rows":>5} {"ceiling":>8} ' + ' '.join(f'{n + " tok/s":>12}' for n in results)
+  peers = [name for name in samplers if name != 'ours']
+  head = f'{"size":>6} {"rows":>5} {"ceiling":>8} ' + ' '.join(f'{n + " tok/s":>12}' for n in samplers)
   head += ' ' + ' '.join(f'{"ours/" + p:>10}' for p in peers) + f' {"ours/ceiling":>12}'
-  print(head)
+  rows = []
   for P, G in sizes:
-    size = f'{P}x{G}'
-    ceiling = min(P * G * c['memory_tok_s'], c['compute_tok_s'])
-    row = f'{size:>6} {P * G:>5} {ceiling:>8,.0f} '
-    row += ' '.join(f'{results[n].get(size, float("nan")):>12,.0f}' for n in results)
-    row += ' ' + ' '.join(f'{results["ours"][size] / results[p].get(size, float("nan")):>10.2f}' for p in peers)
-    row += f' {results["ours"][size] / ceiling:>12.0%}'
-    print(row)
+    runs = {name: make(P, G) for name, make in samplers.items()}
+    for warmup, _ in runs.values():
+      warmup()
+    best = {name: float('inf') for name in runs}
+    ceiling = 0.0
+    for _ in range(args.repeats):
+      c = ceilings.measure()
+      ceiling = max(ceiling, min(P * G * c['memory_tok_s'], c['compute_tok_s']))
+      for name, (_, run) in runs.items():
+        best[name] = min(best[name], run())
+    tok_s = {name: P * G * args.new_tokens / t for name, t in best.items()}
+    row = f'{f"{P}x{G}":>6} {P * G:>5} {ceiling:>8,.0f} ' + ' '.join(f'{tok_s[n]:>12,.0f}' for n in samplers)
+    row += ' ' + ' '.join(f'{tok_s["ours"] / tok_s[p]:>10.2f}' for p in peers) + f' {tok_s["ours"] / ceiling:>12.0%}'
+    rows.append(row)
+    print(f'{P}x{G} done: ' + ', '.join(f'{n} {v:,.0f} tok/s' for n, v in tok_s.items()), flush=True)
+  if worker:
+    worker.close()
+  c = ceilings.measure()
+  print(f'ceilings now: matmul {c["flops"] / 1e9:.0f} GFLOP/s -> compute {c["compute_tok_s"]:,.0f} tok/s; copy '
+        f'{c["bandwidth"] / 1e9:.1f} GB/s -> memory {c["memory_tok_s"]:,.0f} tok/s per row '
+        '(the table uses the best measured in each size\'s rounds)')
+  print(head)
+  print('\n'.join(rows))
 
 
 if __name__ == '__main__':

@@ -153,20 +153,39 @@ def test_compiles_once_per_bucket():
 NUCLEUS_PROBS = np.array([0.05, 0.30, 0.02, 0.40, 0.08, 0.15])   # sorted: 0.40, 0.30, 0.15 | 0.08, 0.05, 0.02
 
 
+def uniforms(seed, n):
+  return 1.0 - jax.random.uniform(jax.random.key(seed), (n,))   # in (0, 1], as the sampler draws them
+
+
+def test_inverse_cdf_sampling_frequencies():
+  """Without top-p every token is drawn at its probability; a token of probability 0 (logit -inf) never is,
+  even for the extreme uniforms 1 and the smallest positive one."""
+  B = 20000
+  probs = np.append(NUCLEUS_PROBS, 0.0)
+  logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (B, 7))
+  u = uniforms(0, B).at[:2].set(jnp.array([1.0, np.finfo(np.float32).tiny]))
+  token, logp = sample.sample_token(logits, u, 1.0, 1.0, greedy=False, nucleus=False)
+  token = np.asarray(token)
+  assert 6 not in token
+  np.testing.assert_allclose(np.bincount(token, minlength=7) / B, probs, atol=0.015)
+  np.testing.assert_allclose(np.asarray(logp), np.log(probs[token]), atol=1e-5)
+
+
 def test_top_p_draws_only_from_the_nucleus():
   """top_p = 0.8: 0.40 + 0.30 = 0.70 < 0.8, so the nucleus is the 3 tokens {3, 1, 5} (mass 0.85)."""
   B = 20000
   logits = jnp.broadcast_to(jnp.log(jnp.asarray(NUCLEUS_PROBS, jnp.float32)), (B, 6))
-  token, logp = sample.sample_token(logits, jax.random.key(0), 1.0, 0.8, greedy=False, nucleus=True)
+  u = uniforms(0, B).at[0].set(1.0)   # u = 1: the last token of the nucleus, not the one after it
+  token, logp = sample.sample_token(logits, u, 1.0, 0.8, greedy=False, nucleus=True)
   token = np.asarray(token)
-  assert set(token.tolist()) == {1, 3, 5}
+  assert set(token.tolist()) == {1, 3, 5} and token[0] == 5
   freq = np.bincount(token, minlength=6) / B
   np.testing.assert_allclose(freq[[3, 1, 5]], NUCLEUS_PROBS[[3, 1, 5]] / 0.85, atol=0.015)
   np.testing.assert_allclose(np.asarray(logp), np.log(NUCLEUS_PROBS[token]), atol=1e-5)   # full distribution
   # top_p below the top token's mass: always the top token; temperature reshapes before the cut.
-  token, _ = sample.sample_token(logits, jax.random.key(1), 1.0, 0.1, greedy=False, nucleus=True)
+  token, _ = sample.sample_token(logits, uniforms(1, B), 1.0, 0.1, greedy=False, nucleus=True)
   assert (np.asarray(token) == 3).all()
-  token, _ = sample.sample_token(logits, jax.random.key(2), 0.25, 0.9, greedy=False, nucleus=True)
+  token, _ = sample.sample_token(logits, uniforms(2, B), 0.25, 0.9, greedy=False, nucleus=True)
   assert set(np.asarray(token).tolist()) == {1, 3}   # p^4: 0.40^4, 0.30^4 hold > 0.9 of the mass
 
 
