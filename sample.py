@@ -21,7 +21,7 @@ The decode step is `decode_step`, the model's arithmetic rewritten for one token
 per step, fused q/k/v and gate/up matmuls. XLA CPU otherwise copies a layer's weights and cache on every
 step; the price is a second copy of the layer weights for the duration of the call.
 Sampling: temperature 0 is greedy (argmax); otherwise the tempered softmax, optionally restricted to the exact
-top-p nucleus. The log-prob stored for each token is that of the tempered full distribution,
+top-p nucleus, drawn by inverse CDF from one uniform per row and step. The log-prob stored for each token is that of the tempered full distribution,
 log_softmax(logits / temperature) (log_softmax(logits) when greedy), what the RL loss rescores.
 
 To rescore a rollout with `model.forward`: tokens = concat([prompt_tokens, tokens], 1),

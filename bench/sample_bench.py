@@ -1,6 +1,6 @@
 """Sampling speed of sample.py against its peers, on the same random Qwen2 weights, side by side in one run.
 
-Run: python bench/sample_bench.py                 (about 15 minutes on a 2-core CPU)
+Run: python bench/sample_bench.py                 (about 5 minutes on a quiet 2-core CPU)
      python bench/sample_bench.py --sizes 1x1,16x8 --repeats 3 --skip_hf --skip_tunix
 
 The model: a Qwen2-shaped decoder of 23.6M parameters (hidden 512, 8 layers, 8 heads, 2 kv heads, head dim 64,
