@@ -176,6 +176,18 @@ def test_agreement_threshold_drops_and_refills():
   assert m['refill_rounds'] == 2
 
 
+def test_held_out_and_validation_prompts_never_train():
+  # Sums of two one-digit numbers: 200 distinct prompts, so 400 draws repeat most of the 64 held-out ones.
+  rl, dc = train.RLConfig(), train.DataConfig(data=TASK, data_size=400, eval_prompts=64, val_prompts=16)
+  drawn = data_lib.load_examples(TASK, size=400, seed=rl.seed)
+  train_examples, eval_examples, val_examples, _ = train.load_data(rl, dc)
+  kept = {ex.question for ex in eval_examples + val_examples}
+  assert sum(ex.question in kept for ex in drawn) > 50          # the overlap a small task would have
+  assert [ex for ex in drawn if ex.question not in kept] == train_examples   # all of it removed, order kept
+  with pytest.raises(train.FlagError, match='every training prompt'):
+    train.load_data(rl, dataclasses.replace(dc, data_size=1, eval_prompts=2000))   # all 200
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Sharding: the step on 8 fake CPU devices equals the single-device step
 

@@ -1,0 +1,90 @@
+"""Where the sampler's time goes: one `sample.sample` call under the JAX profiler, its XLA ops grouped by role.
+
+Run: python bench/sample_profile.py --size 16x8        (about 1 minute on a 2-core CPU)
+     python bench/sample_profile.py --size 1x1
+
+Same model, prompts and N as bench/sample_bench.py. XLA CPU records one trace event per executed op (thunk);
+each op is put in a group from its name and shape in the compiled HLO:
+  weight matmuls    the q/k/v, o, gate/up and down projections (dots with a 2-D output)
+  attention         the two batched dots over the KV cache, (B*K, G, S) and (B*K, G, Q), with the softmax fused
+  head + sampling   the unembedding, log-softmax and inverse-CDF draw, (B, V)
+  prefill           model.forward over the prompts (the layer scan)
+  other             norms, rotary embedding, cache writes, bookkeeping
+"""
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import model  # noqa: E402
+import sample  # noqa: E402
+from bench.sample_bench import CONFIG, make_prompts  # noqa: E402
+
+
+def group(shape: str, op: str, meta: str, cfg: model.Config) -> str:
+  dims = [int(d) for d in re.findall(r'\d+', shape.split('{')[0][4:])] if shape.startswith('f32[') else []
+  if 'closed_call' in meta:
+    return 'prefill'
+  if 'log_softmax' in meta or 'cumsum' in meta or (len(dims) == 2 and dims[1] == cfg.vocab_size):
+    return 'head + sampling'
+  if len(dims) == 3 and dims[1] == cfg.num_heads // cfg.num_kv_heads:
+    return 'attention'
+  if ('dot_general' in meta or op == 'dot') and len(dims) == 2:
+    return 'weight matmuls'
+  return 'other'
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--size', default='16x8', help='PxG: P prompts, G samples each')
+  parser.add_argument('--new_tokens', type=int, default=128)
+  args = parser.parse_args()
+  P, G = (int(n) for n in args.size.split('x'))
+  N = args.new_tokens
+  cfg = model.Config(**CONFIG)
+  params = model.init_params(cfg, jax.random.key(0))
+  prompts = make_prompts(P)
+  call = lambda k: jax.block_until_ready(sample.sample(params, cfg, prompts, num_samples=G, max_new_tokens=N,
+                                                       temperature=1.0, key=jax.random.key(k), eos_ids=[]).tokens)
+  call(0)   # compile
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d):
+      t = time.perf_counter()
+      call(1)
+      wall = time.perf_counter() - t
+    trace = json.load(gzip.open(glob.glob(os.path.join(d, '**', '*.trace.json.gz'), recursive=True)[0]))
+  # Op name -> (shape, metadata) from the compiled HLO of the same call.
+  tokens, valid = sample.pad_prompts(prompts, 0)
+  hlo = sample._sample.lower(params, cfg, tokens, valid, jax.random.key(0), jnp.float32(1), jnp.float32(1),
+                             jnp.zeros((cfg.vocab_size,), bool), jnp.int32(0), num_samples=G, max_new_tokens=N,
+                             greedy=False, nucleus=False, mesh=None).compile().as_text()
+  ops = {}
+  for line in hlo.split('\n'):
+    m = re.match(r'\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\(', line)
+    if m:
+      meta = re.search(r'op_name="([^"]*)"', line)
+      ops[m.group(1)] = (m.group(2), m.group(3), meta.group(1) if meta else '')
+  total = collections.Counter()
+  for e in trace['traceEvents']:
+    if e.get('ph') == 'X' and e['name'] in ops:
+      total[group(*ops[e['name']], cfg)] += e['dur'] / 1e3   # ms
+  busy = sum(total.values())
+  print(f'{args.size}: {P * G * N / wall:,.0f} tok/s, {wall * 1e3:.0f} ms for {N} tokens per row; time in ops '
+        f'{busy:.0f} ms')
+  for name, ms in total.most_common():
+    print(f'  {name:16s} {ms:8.1f} ms {ms / N:7.2f} ms/step  {ms / busy:6.1%}')
+
+
+if __name__ == '__main__':
+  main()
