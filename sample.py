@@ -93,6 +93,13 @@ class _State:
   cache: DecodeCache
 
 
+def segment_ends(N: int) -> list[int]:
+  """The decode loop runs in up to 4 segments of at least 32 steps; segment j's cache has only the slots its
+  steps can fill, so early steps attend over fewer empty slots (at 128 rows, attention is a third of a step)."""
+  n = max(32, -(-N // 4))
+  return list(range(n, N, n)) + [N]
+
+
 def bucket(length: int) -> int:
   """The padded prompt length: the smallest power of two >= length, at least MIN_BUCKET."""
   return max(MIN_BUCKET, 1 << (length - 1).bit_length())
@@ -285,12 +292,13 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
   # 2) Repeat for the G samples (rows of one prompt are adjacent, so they stay on the prompt's device), in the
   #    decode layout with room for N more slots: the last prompt token and N - 1 sampled ones.
   rep = lambda a, axis=0: rows(jnp.repeat(a, G, axis=axis), axis)
-  def grow(a, order):   # (P, Tp - 1, K, Q) -> (B*K, Q, S) for keys, (B*K, S, Q) for values
-    a = rep(jnp.pad(a, ((0, 0), (0, N), (0, 0), (0, 0))).transpose(order))
+  def grow(a, order, n):   # (P, Tp - 1, K, Q) -> (B*K, Q, Tp - 1 + n) for keys, (B*K, Tp - 1 + n, Q) for values
+    a = rep(jnp.pad(a, ((0, 0), (0, n), (0, 0), (0, 0))).transpose(order))
     return rows(a.reshape(B * cfg.num_kv_heads, *a.shape[2:]))
-  cache = DecodeCache(k=tuple(grow(a, (0, 2, 3, 1)) for a in prefill.k),
-                      v=tuple(grow(a, (0, 2, 1, 3)) for a in prefill.v),
-                      valid=rep(jnp.pad(prefill.valid, ((0, 0), (0, N)))), index=prefill.index)
+  ends = segment_ends(N)
+  cache = DecodeCache(k=tuple(grow(a, (0, 2, 3, 1), ends[0]) for a in prefill.k),
+                      v=tuple(grow(a, (0, 2, 1, 3), ends[0]) for a in prefill.v),
+                      valid=rep(jnp.pad(prefill.valid, ((0, 0), (0, ends[0])))), index=prefill.index)
   last_position = rep(positions[:, -1])                                         # (B,) prompt length - 1
   layers = decode_weights(params, cfg)
   state = _State(
@@ -303,8 +311,8 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
   uniforms = rows(jax.vmap(draw)(jnp.arange(N)), 1)                            # (N, B)
 
   # 3) Decode: feed the last token, sample the next, until every row is done or has N tokens.
-  def cond(s: _State):
-    return (s.step < N) & ~jnp.all(s.done)
+  def cond(s: _State, end):
+    return (s.step < end) & ~jnp.all(s.done)
 
   def body(s: _State):
     pos = last_position + s.step                                                # (B,) position of s.token
@@ -319,7 +327,13 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
         logprobs=s.logprobs.at[:, s.step].set(jnp.where(live, logp, 0.0)),
         lengths=s.lengths + live, cache=cache)
 
-  state = jax.lax.while_loop(cond, body, state)
+  for i, end in enumerate(ends):
+    if i:   # room for the next segment's slots
+      c, more = state.cache, end - ends[i - 1]
+      pad = lambda a, axis: rows(jnp.pad(a, [(0, more) if d == axis else (0, 0) for d in range(a.ndim)]))
+      state = dataclasses.replace(state, cache=DecodeCache(
+          k=tuple(pad(a, 2) for a in c.k), v=tuple(pad(a, 1) for a in c.v), valid=pad(c.valid, 1), index=c.index))
+    state = jax.lax.while_loop(functools.partial(cond, end=end), body, state)
   mask = jnp.arange(N)[None, :] < state.lengths[:, None]                        # (B, N)
   return Rollout(tokens=state.tokens, logprobs=state.logprobs, mask=mask, lengths=state.lengths,
                  prompt_tokens=rep(tokens), prompt_valid=rep(valid))
