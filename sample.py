@@ -11,11 +11,12 @@ How it works (one compiled function per bucket of prompt length and batch shape)
      reuses the compiled loop, and every prompt's last token sits in the last column.
   2) Prefill: `model.forward` runs the P prompts once, all but that last column, into a KV cache.
   3) The cache is repeated G times along the batch axis (rows of one prompt stay adjacent: i*G .. i*G+G-1),
-     so a prompt is prefilled once however many samples it gets, and grown to S = Tp - 1 + N slots.
+     so a prompt is prefilled once however many samples it gets, with room for the first segment's steps.
   4) Decode: a `lax.while_loop` over a `_State` feeds each row's last token (the last prompt token first; its
      position = prompt length - 1 + step), samples the next with a uniform drawn with key `fold_in(key, step)`,
      and stops as soon as every row has emitted an EOS id or N tokens. (The state has no key: the uniforms of
-     all N steps are drawn up front.)
+     all N steps are drawn up front.) The loop runs in up to 4 segments (`segment_ends`); each grows the cache
+     only to the slots its steps can fill, so early steps do not attend over empty slots.
 The decode step is `decode_step`, the model's arithmetic rewritten for one token per row (tests hold it to
 `model.forward`): per-layer weight and cache buffers so the loop reads them in place and writes one cache slot
 per step, fused q/k/v and gate/up matmuls. XLA CPU otherwise copies a layer's weights and cache on every

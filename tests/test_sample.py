@@ -83,6 +83,19 @@ def test_logprobs_equal_full_forward(temperature):
   assert [p[-len(q):].tolist() for p, q in zip(r.prompt_tokens[::G], PROMPTS)] == PROMPTS
 
 
+def test_segments_equal_the_full_forward():
+  assert sample.segment_ends(8) == [8] and sample.segment_ends(70) == [32, 64, 70]
+  assert sample.segment_ends(128) == [32, 64, 96, 128] and sample.segment_ends(3072) == [768, 1536, 2304, 3072]
+  # 70 new tokens: three segments, the cache grown twice inside the loop; rescored by one plain forward.
+  r = run(prompts=PROMPTS[:2], max_new_tokens=70, key=jax.random.key(2))
+  tokens = np.concatenate([r.prompt_tokens, r.tokens], 1)
+  valid = jnp.asarray(np.concatenate([r.prompt_valid, r.mask], 1))
+  out, _ = model.forward(PARAMS, CFG, jnp.asarray(tokens), model.positions_from_valid(valid), valid)
+  lp = log_softmax(np.asarray(out)[:, r.prompt_tokens.shape[1] - 1:-1])
+  assert r.mask.all()
+  assert np.abs(np.take_along_axis(lp, r.tokens[..., None], -1)[..., 0] - r.logprobs).max() < 1e-4
+
+
 def test_bfloat16_policy_close_to_forward():
   """Real checkpoints are bf16: the decode step keeps weights, cache and matmuls in bf16 (scores, softmax and
   logits in float32). Rescored by the bf16 full forward, log-probs agree to bf16 rounding (8-bit mantissa,
