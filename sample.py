@@ -22,8 +22,9 @@ The decode step is `decode_step`, the model's arithmetic rewritten for one token
 per step, fused q/k/v and gate/up matmuls. XLA CPU otherwise copies a layer's weights and cache on every
 step; the price is a second copy of the layer weights for the duration of the call.
 Sampling: temperature 0 is greedy (argmax); otherwise the tempered softmax, optionally restricted to the exact
-top-p nucleus, drawn by inverse CDF from one uniform per row and step. The log-prob stored for each token is that of the tempered full distribution,
-log_softmax(logits / temperature) (log_softmax(logits) when greedy), what the RL loss rescores.
+top-p nucleus, drawn by inverse CDF from one uniform per row and step. The log-prob stored for each token is
+that of the tempered full distribution, log_softmax(logits / temperature) (log_softmax(logits) when greedy),
+what the RL loss rescores.
 
 To rescore a rollout with `model.forward`: tokens = concat([prompt_tokens, tokens], 1),
 valid = concat([prompt_valid, mask], 1), positions = model.positions_from_valid(valid); the logits at column
@@ -291,7 +292,8 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
   _, prefill = model.forward(params, cfg, tokens[:, :-1], positions[:, :-1], valid[:, :-1], prefill)
 
   # 2) Repeat for the G samples (rows of one prompt are adjacent, so they stay on the prompt's device), in the
-  #    decode layout with room for N more slots: the last prompt token and N - 1 sampled ones.
+  #    decode layout with room for the first segment's slots (the last prompt token, then sampled ones); each
+  #    later segment grows it by its own steps, up to Tp - 1 + N slots.
   rep = lambda a, axis=0: rows(jnp.repeat(a, G, axis=axis), axis)
   def grow(a, order, n):   # (P, Tp - 1, K, Q) -> (B*K, Q, Tp - 1 + n) for keys, (B*K, Tp - 1 + n, Q) for values
     a = rep(jnp.pad(a, ((0, 0), (0, n), (0, 0), (0, 0))).transpose(order))

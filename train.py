@@ -719,8 +719,9 @@ def run(rl: RLConfig, dc: DataConfig, run_cfg: RunConfig, datasets, *, log_prefi
 
   def evaluate(params, examples, tag):
     res = eval_lib.evaluate(params, cfg, tokenizer, examples, num_samples=dc.eval_samples,
-                            max_new_tokens=rl.max_new_tokens, temperature=rl.temperature, key=jax.random.key(rl.seed + 7), verifier=verifier,
-                            chat_template=dc.chat_template, batch_prompts=min(64, len(examples)))
+                            max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
+                            key=jax.random.key(rl.seed + 7), verifier=verifier, chat_template=dc.chat_template,
+                            batch_prompts=min(64, len(examples)))
     print(f'{log_prefix}{tag}: avg@{res["k"]} {res["avg@k"]:.3f}  maj@{res["k"]} {res["maj@k"]:.3f}  '
           f'pass@{res["k"]} {res["pass@k"]:.3f}  parse {res["parse_rate"]:.3f}', flush=True)
     per_prompt[tag] = np.array([np.mean(r['correct']) for r in res['records']])
@@ -780,8 +781,9 @@ def run(rl: RLConfig, dc: DataConfig, run_cfg: RunConfig, datasets, *, log_prefi
       state, aux = train_step(state, batch)
     aux = jax.device_get(aux)
     if not all(np.isfinite(float(v)) for v in aux.values()):
-      raise FloatingPointError(f'step {step + 1}: non-finite loss or gradient ({ {k: float(v) for k, v in aux.items()} }); '
-                               f'stopping; the last good checkpoint in {workdir}/checkpoints is untouched')
+      values = {k: float(v) for k, v in aux.items()}
+      raise FloatingPointError(f'step {step + 1}: non-finite loss or gradient ({values}); stopping; the last '
+                               f'good checkpoint in {workdir}/checkpoints is untouched')
     step += 1
     t_end = time.time()
     m.update({k: float(v) for k, v in aux.items()})
