@@ -51,7 +51,8 @@ EMBEDDED_DATA = 'rg:chain_sum:min_terms=3,max_terms=3,min_digits=1,max_digits=1'
 EMBEDDED_WARMSTART_DATA = 'rg:chain_sum:min_terms=2,max_terms=3,min_digits=1,max_digits=2'
 EMBEDDED_FLAGS = {'data': EMBEDDED_DATA, 'learning_rate': 5e-5, 'steps': 150, 'max_new_tokens': 48,
                   'eval_every': 50}
-# The warm start ships with the code (2.4 MB); `python train.py --mode=sft` (these flags) reproduces it.
+# The warm start ships with the code (2.4 MB); `python train.py --mode=sft` (these flags) remakes it: the same
+# recipe and batches, not the same bits (README, "The embedded default").
 EMBEDDED_WARMSTART = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', 'tiny-chain-sum')
 EMBEDDED_SFT_FLAGS = {'data': EMBEDDED_WARMSTART_DATA, 'learning_rate': 1e-3, 'steps': 1000, 'num_prompts': 64,
                       'max_new_tokens': 48, 'data_size': 96000, 'checkpoint_every': 500}
