@@ -12,8 +12,8 @@ Timed: the whole call (prefill + decode), after one untimed warm-up call per siz
   ours   sample.sample (jitted prefill + lax.while_loop decode)
   HF     transformers generate, PyTorch CPU, do_sample, top_k=0, min_new_tokens=N, num_return_sequences=G
   Tunix  google-tunix's Sampler on its Qwen2 (weights from the same safetensors), in a worker process run by the
-         python of a separate venv (--tunix_python, default /tmp/tunix-venv/bin/python: `python3 -m venv
-         /tmp/tunix-venv && /tmp/tunix-venv/bin/pip install google-tunix`); skipped if absent. Tunix has no
+         python of a separate venv (--tunix_python, default .tunix-venv/bin/python in the project: `python3 -m
+         venv .tunix-venv && .tunix-venv/bin/pip install google-tunix`); skipped if absent. Tunix has no
          samples-per-prompt argument, so each prompt is repeated G times.
 The machine may be shared, and its speed then drifts by several times within minutes. So the measurements are
 interleaved: each of --repeats rounds times the ceilings, ours, HF and Tunix back to back, and each reports its
@@ -201,7 +201,7 @@ def main():
   parser.add_argument('--repeats', type=int, default=2, help='timed rounds per size (each reports its best)')
   parser.add_argument('--skip_hf', action='store_true')
   parser.add_argument('--skip_tunix', action='store_true')
-  parser.add_argument('--tunix_python', default='/tmp/tunix-venv/bin/python')
+  parser.add_argument('--tunix_python', default=os.path.join(ROOT, '.tunix-venv', 'bin', 'python'))
   parser.add_argument('--tunix_worker', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--ckpt', help=argparse.SUPPRESS)
   args = parser.parse_args()
