@@ -810,11 +810,9 @@ def run(rl: RLConfig, dc: DataConfig, run_cfg: RunConfig, datasets, *, log_prefi
     summary['after'] = evaluate(params, eval_examples, 'held-out after')
     if val_examples:
       summary['val_after'] = evaluate(params, val_examples, 'val after')
-      # Early stopping (the paper's, on a small labelled split): the step whose validation avg@k is best, the
-      # start (step 0) and the end included; ties go to the earliest.
-      val = [(0, summary['val_before']['avg@k'])] + [(h['step'], h['val_avg@k']) for h in read_jsonl(logger.metrics)
-                                                     if 'val_avg@k' in h] + [(step, summary['val_after']['avg@k'])]
-      summary['val_best_step'] = max(val, key=lambda sv: (sv[1], -sv[0]))[0]
+      during = [(h['step'], h['val_avg@k']) for h in read_jsonl(logger.metrics) if 'val_avg@k' in h]
+      summary['val_best_step'] = early_stopping_step(
+          [(0, summary['val_before']['avg@k'])] + during + [(step, summary['val_after']['avg@k'])])
       print(f'{log_prefix}early stopping on {len(val_examples)} labelled prompts picks step '
             f'{summary["val_best_step"]}', flush=True)
     # The same prompts and sampling key before and after: the per-prompt differences give the gain's standard
@@ -827,6 +825,12 @@ def run(rl: RLConfig, dc: DataConfig, run_cfg: RunConfig, datasets, *, log_prefi
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=1)
   return cfg, params, hf_dir, summary
+
+
+def early_stopping_step(val: list[tuple[int, float]]) -> int:
+  """Early stopping (the paper's, on a small labelled split): of (step, validation avg@k) pairs, the step whose
+  score is best, the start (step 0) and the end included; ties go to the earliest step."""
+  return max(val, key=lambda sv: (sv[1], -sv[0]))[0]
 
 
 def rl_batch(rollouts, params, ref_params, take, key, rl, trace_prompts=2):

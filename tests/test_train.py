@@ -176,6 +176,12 @@ def test_agreement_threshold_drops_and_refills():
   assert m['refill_rounds'] == 2
 
 
+def test_early_stopping_picks_the_best_step_earliest_on_ties():
+  assert train.early_stopping_step([(0, 0.672), (25, 0.734), (50, 0.715), (75, 0.750), (150, 0.633)]) == 75
+  assert train.early_stopping_step([(0, 0.5), (25, 0.7), (50, 0.7), (75, 0.2)]) == 25
+  assert train.early_stopping_step([(0, 0.9), (25, 0.1)]) == 0   # training never helped: keep the start
+
+
 def test_held_out_and_validation_prompts_never_train():
   # Sums of two one-digit numbers: 200 distinct prompts, so 400 draws repeat most of the 64 held-out ones.
   rl, dc = train.RLConfig(), train.DataConfig(data=TASK, data_size=400, eval_prompts=64, val_prompts=16)
@@ -283,8 +289,7 @@ RL_ARGS = ['--steps=4', '--num_prompts=4', '--num_samples=4', '--max_new_tokens=
            '--eval_prompts=8', '--eval_samples=2', f'--data={TASK}', '--data_size=64', f'--model={SHIPPED}']
 
 
-def read_jsonl(file):
-  return [json.loads(l) for l in open(file)]
+read_jsonl = train.read_jsonl
 
 
 @pytest.mark.slow
@@ -299,7 +304,8 @@ def test_sft_writes_checkpoint_and_export(warm):
 @pytest.mark.parametrize('mode', ['self', 'gt'])
 def test_rl_modes_end_to_end(tmp_path, mode):
   wd = str(tmp_path / mode)
-  extra = ['--label_source=teacher'] if mode == 'self' else []
+  # gt also evaluates 4 labelled validation prompts every 2 steps and picks an early-stopping step.
+  extra = ['--label_source=teacher'] if mode == 'self' else ['--val_prompts=4', '--eval_every=2']
   p = run_train(f'--mode={mode}', f'--workdir={wd}', '--kl_coef=0.01', *RL_ARGS, *extra)
   rows = read_jsonl(os.path.join(wd, 'metrics.jsonl'))
   assert [r['step'] for r in rows] == [1, 2, 3, 4]
@@ -309,6 +315,10 @@ def test_rl_modes_end_to_end(tmp_path, mode):
   assert rows[0]['parse_rate'] > 0.5   # the warm start taught the format
   summary = json.load(open(os.path.join(wd, 'summary.json')))
   assert set(summary['before']) == {'avg@k', 'maj@k', 'pass@k', 'parse_rate'} and summary['k'] == 2
+  if mode == 'gt':
+    val = [(0, summary['val_before']['avg@k']), (2, rows[1]['val_avg@k']), (4, summary['val_after']['avg@k'])]
+    assert summary['val_best_step'] == max(val, key=lambda sv: (sv[1], -sv[0]))[0]
+    assert 'early stopping on 4 labelled prompts picks step' in p.stdout
   trace = read_jsonl(os.path.join(wd, 'trace.jsonl'))
   assert trace[0]['samples'][0]['text'] and 'label' in trace[0]
   assert os.path.exists(os.path.join(wd, 'hf', 'model.safetensors'))
