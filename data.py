@@ -16,9 +16,11 @@ A spec is one of
 The prompt format follows from the spec (there is no separate flag):
   chain_sum   (the embedded tiny char-level policy) prompt `12 - 7 + 3 =`, target ` 12 - 7 = 5, 5 + 3 = 8. \\boxed{8}`.
               The partial sums make a wrong sample go wrong at a step, so errors scatter over many answers and
-              the majority vote carries information (NOTES.md: 0.18 -> 0.67 avg@8 for the same model).
-  other rg:   the task's question + "\\nPut your final answer in \\boxed{}.", target `\\boxed{answer}`.
-  files       question + Qwen2.5-Math's suffix (the paper's prompt), target the `solution` field or None.
+              the majority vote carries information (a small policy that writes only the answer stays far less
+              accurate, and its wrong answers agree with each other more).
+  other rg:   the task's question + SUFFIX (the paper's instruction), target `\\boxed{answer}`.
+  files       question + SUFFIX, target the `solution` field or None.
+              SUFFIX is the paper's: " Let's think step by step and output the final answer within \\boxed{}."
               A verl chat-message prompt ([{'role': 'user', 'content': ...}]) is used verbatim: it already holds
               its instruction.
 
@@ -26,6 +28,8 @@ Seeds: reasoning-gym seeds item i with `seed + i`, so its seeds 0 and 1 share al
 `seed * SEED_STRIDE mod 2**31`, so sets drawn with different seeds come from different generator streams
 (held-out evaluation uses another seed), and seed + i still fits the 32 bits np.random.seed takes (pool_matrix).
 Small tasks can still repeat a prompt by chance.
+
+Training reads its prompts through a `PromptStream`: a fresh shuffle per epoch, resumable from a position.
 """
 import dataclasses
 import difflib
@@ -35,11 +39,14 @@ import os
 import re
 from typing import Callable
 
+import numpy as np
+
 import vote
 
 SEED_STRIDE = 1_000_000   # more items than any one set draws
-RG_SUFFIX = '\nPut your final answer in \\boxed{}.'
-MATH_SUFFIX = '\nPlease reason step by step, and put your final answer within \\boxed{}.'
+# The instruction the paper's runs append to every question, math and Reasoning Gym alike (its data preprocessing;
+# the question and this go in one user message, which the runs wrap in the model's chat template: --chat_template).
+SUFFIX = " Let's think step by step and output the final answer within \\boxed{}."
 QUESTION_FIELDS = ('question', 'problem', 'prompt')
 _NUMBER = re.compile(r'[+-]?(\d+(\.\d*)?|\.\d+)(/\d+)?')
 _INTEGER = re.compile(r'[+-]?\d+')
@@ -102,6 +109,46 @@ def make_verifier(spec: str) -> Callable[[str, str], float] | None:
 _METADATA_FROM_GOLD = {
     'bitwise_arithmetic': lambda gold: {'problem': gold} if re.fullmatch(r'-?(0x[0-9a-fA-F]+|\d+)', gold) else {},
 }
+
+def load_splits(spec: str, eval_spec: str = '', *, mode: str, seed: int, size: int, eval_prompts: int,
+                val_prompts: int) -> tuple[list[Example], list[Example], list[Example], Callable | None]:
+  """(training, held-out, validation examples, the task's verifier) for a run. The held-out prompts come from
+  eval_spec (default: spec with another seed), the validation prompts from spec with a third seed; neither ever
+  appears among the training prompts: a small task (sums of three one-digit numbers has 4,000 prompts) would
+  otherwise train on most of its own test set. mode 'sft' needs worked solutions, 'gt' true answers."""
+  train = load_examples(spec, size=size, seed=seed)
+  if mode == 'sft' and (missing := [i for i, ex in enumerate(train) if not ex.target]):
+    raise ValueError(f'--data={spec!r}: --mode=sft needs worked solutions; record {missing[0] + 1} has none')
+  if mode == 'gt' and any(ex.answer is None for ex in train):
+    raise ValueError(f'--data={spec!r}: --mode=gt needs an answer for every record')
+  held_out = (load_examples(eval_spec or spec, size=eval_prompts, seed=seed + 1_000_003)
+              if eval_prompts and mode != 'sft' else [])
+  val = load_examples(spec, size=val_prompts, seed=seed + 2_000_003) if val_prompts else []
+  kept = {ex.question for ex in held_out + val}
+  train = [ex for ex in train if ex.question not in kept]
+  if not train:
+    raise ValueError(f'--data={spec!r}: every training prompt is also a held-out or validation prompt')
+  return train, held_out, val, make_verifier(spec)
+
+
+class PromptStream:
+  """The training prompts in a fixed order: epoch e is the permutation RandomState(seed + e) of the examples.
+  `pos` counts the prompts taken so far; a checkpoint stores it, so a resumed run takes the same prompts next."""
+
+  def __init__(self, examples: list[Example], seed: int, pos: int = 0):
+    self.examples, self.seed, self.pos = examples, seed, pos
+    self._order = {}
+
+  def take(self, count: int) -> list[Example]:
+    out = []
+    for _ in range(count):
+      epoch, i = divmod(self.pos, len(self.examples))
+      if epoch not in self._order:
+        self._order = {epoch: np.random.RandomState(self.seed + epoch).permutation(len(self.examples))}
+      out.append(self.examples[self._order[epoch][i]])
+      self.pos += 1
+    return out
+
 
 # ------------------------------------------------------------------------------------------------ reasoning-gym
 
@@ -170,7 +217,7 @@ def _rg_example(name: str, entry: dict) -> Example:
     expression = entry['metadata']['expression']
     return Example(question=entry['question'], answer=answer, prompt=expression + ' =',
                    target=chain_sum_target(expression, answer))
-  return Example(question=entry['question'], answer=answer, prompt=entry['question'] + RG_SUFFIX,
+  return Example(question=entry['question'], answer=answer, prompt=entry['question'] + SUFFIX,
                  target=f'\\boxed{{{answer}}}')
 
 
@@ -269,6 +316,6 @@ def _file_example(where: str, record) -> Example:
     raise ValueError(f'{where}: answer is a {type(answer).__name__} ({str(answer)[:60]}); expected a string or '
                      'a number')
   answer = None if answer is None else str(answer).strip() or None
-  prompt = question if verbatim else question.strip() + MATH_SUFFIX
+  prompt = question if verbatim else question.strip() + SUFFIX
   return Example(question=question, answer=answer, prompt=prompt,
                  target=solution if isinstance(solution, str) and solution.strip() else None)

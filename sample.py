@@ -3,7 +3,7 @@
     rollout = sample(params, cfg, [[5, 9, 2], [7, 7]], num_samples=4, max_new_tokens=64, temperature=1.0,
                      key=jax.random.key(0), eos_ids=[1])
     rollout.tokens[i * 4 + g]                          # sample g of prompt i, (N,) int32, pad_id after EOS
-    texts = generate(params, cfg, tokenizer, ['What is 2+3?'], num_samples=4, max_new_tokens=64,
+    texts = generate(params, cfg, hf.Text.load(model_dir), ['What is 2+3?'], num_samples=4, max_new_tokens=64,
                      temperature=1.0, key=jax.random.key(0))   # [[4 strings]]
 
 How it works (one compiled function per bucket of prompt length and batch shape):
@@ -24,7 +24,9 @@ step; the price is a second copy of the layer weights for the duration of the ca
 Sampling: temperature 0 is greedy (argmax); otherwise the tempered softmax, optionally restricted to the exact
 top-p nucleus, drawn by inverse CDF from one uniform per row and step. The log-prob stored for each token is
 that of the tempered full distribution, log_softmax(logits / temperature) (log_softmax(logits) when greedy),
-what the RL loss rescores.
+what the RL loss rescores. From the same tempered distribution p, each token also gets its entropy
+-sum_v p_v log p_v and its self-certainty -mean_v log p_v (Intuitor's: KL(uniform || p) + log V), for free: no
+second pass over the completions.
 
 To rescore a rollout with `model.forward`: tokens = concat([prompt_tokens, tokens], 1),
 valid = concat([prompt_valid, mask], 1), positions = model.positions_from_valid(valid); the logits at column
@@ -48,7 +50,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+import hf
 import model
+import sharding
 
 TRACES = 0       # times `_sample` was traced (compiled); tests read it to check one compile per bucket
 MIN_BUCKET = 16  # shortest padded prompt length; buckets are powers of two from here
@@ -60,6 +64,8 @@ class Rollout:
   """G completions for each of P prompts; row i*G + g is sample g of prompt i. B = P * G."""
   tokens: jax.Array         # (B, N) int32, sampled tokens; pad_id after the EOS
   logprobs: jax.Array       # (B, N) float32, log-prob of each token under the tempered distribution; 0 if masked
+  entropy: jax.Array        # (B, N) float32, entropy of the tempered distribution the token was drawn from; 0 if masked
+  self_certainty: jax.Array  # (B, N) float32, -mean_v log p_v of that distribution; 0 if masked
   mask: jax.Array           # (B, N) bool, True for real tokens: those before the first EOS, and the EOS itself
   lengths: jax.Array        # (B,) int32, number of real tokens (mask.sum(1))
   prompt_tokens: jax.Array  # (B, Tp) int32, the prompt of each row, left-padded with pad_id
@@ -91,6 +97,8 @@ class _State:
   token: jax.Array      # (B,) int32, the token sampled last (fed to the model next)
   tokens: jax.Array     # (B, N) int32
   logprobs: jax.Array   # (B, N) float32
+  entropy: jax.Array    # (B, N) float32
+  self_certainty: jax.Array   # (B, N) float32
   lengths: jax.Array    # (B,) int32
   cache: DecodeCache
 
@@ -121,7 +129,8 @@ def pad_prompts(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.n
 
 def sample_token(logits, u, temperature, top_p, *, greedy: bool, nucleus: bool):
   """logits (B, V) float32, u (B,) uniform in (0, 1] -> (token (B,) int32, its log-prob (B,) under the tempered
-  full distribution).
+  full distribution p, the entropy of p (B,), the self-certainty -mean_v log p_v of p (B,)). Greedy: p is the
+  softmax of the logits (temperature 1).
 
   Inverse-CDF sampling: the token whose cumulative probability interval holds u * (total mass); zero-probability
   tokens have empty intervals. One uniform per row, drawn before the loop, instead of the V Gumbel variates per
@@ -145,7 +154,9 @@ def sample_token(logits, u, temperature, top_p, *, greedy: bool, nucleus: bool):
     else:
       cdf = jnp.cumsum(jnp.exp(logp), axis=-1)                                 # (B, V)
       token = jnp.sum(cdf < u[:, None] * cdf[:, -1:], axis=-1).astype(jnp.int32)
-  return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+  probs = jnp.exp(logp)
+  entropy = -jnp.sum(jnp.where(probs > 0, probs * logp, 0.0), axis=-1)   # 0 log 0 = 0 (tokens at -inf logits)
+  return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], entropy, -jnp.mean(logp, axis=-1)
 
 
 def decode_weights(params, cfg: model.Config) -> list[dict]:
@@ -178,6 +189,10 @@ def decode_weights(params, cfg: model.Config) -> list[dict]:
                  down=w['down'].astype(dt))                               # (F, D)
     if cfg.qkv_bias:                                                      # ((H + 2K) Q,)
       layer['qkv_bias'] = columns(w['q_bias'].reshape(-1), w['k_bias'].reshape(-1), w['v_bias'].reshape(-1))
+    if cfg.o_bias:
+      layer['o_bias'] = w['o_bias'].astype(dt)                            # (D,)
+    if cfg.qk_norm:   # the q heads' and the k heads' norm weights as one (H + K, Q) weight: one norm per step
+      layer['qk_norm'] = jnp.concatenate([jnp.broadcast_to(w['q_norm'], (H, Q)), jnp.broadcast_to(w['k_norm'], (K, Q))])
     out.append(layer)
   return jax.lax.optimization_barrier(out)
 
@@ -199,8 +214,7 @@ def decode_step(params, layers: list[dict], cfg: model.Config, token, position, 
   # Rotary embedding of model.rope (rotate-half: halves x1, x2 -> x1 cos - x2 sin, x2 cos + x1 sin), angles
   # computed once for all layers, written without a concatenate (which XLA CPU emits slowly): the halves as an
   # axis of 2, swapped by a flip.
-  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, Q // 2, dtype=jnp.float32) * 2 / Q))
-  angles = position.astype(jnp.float32)[:, None, None, None] * inv_freq       # (B, 1, 1, Q/2)
+  angles = position.astype(jnp.float32)[:, None, None, None] * model.rope_frequencies(cfg)   # (B, 1, 1, Q/2)
   cos, sin = jnp.cos(angles), jnp.sin(angles) * jnp.array([-1.0, 1.0])[:, None]   # (B, 1, 1 | 2, Q/2)
   cos, sin = jax.lax.optimization_barrier((cos, sin))   # else XLA recomputes them inside every use, per element
 
@@ -216,7 +230,10 @@ def decode_step(params, layers: list[dict], cfg: model.Config, token, position, 
     if cfg.qkv_bias:
       qkv = qkv + w['qkv_bias']
     qkv = qkv.reshape(B, H + 2 * K, Q)
-    qk, v = rope(qkv[:, :H + K]), qkv[:, H + K:]                              # (B, H + K, Q), (B, K, Q)
+    qk, v = qkv[:, :H + K], qkv[:, H + K:]                                    # (B, H + K, Q), (B, K, Q)
+    if cfg.qk_norm:   # Qwen3: every q and k head over its Q dims, in one norm, before the rotation
+      qk = model.rms_norm(qk, w['qk_norm'], cfg.rms_eps)
+    qk = rope(qk)
     q, k = qk[:, :H], qk[:, H:]
     # Write the new slot in place, then attend over all slots. The barrier keeps the write a buffer of its own
     # (else XLA fuses the write into each reader and copies the whole layer cache, per step). K is kept as
@@ -232,7 +249,7 @@ def decode_step(params, layers: list[dict], cfg: model.Config, token, position, 
     scores = jnp.einsum('ngq,nqs->ngs', q, kc, preferred_element_type=jnp.float32) + bias   # (B*K, G, S)
     probs = jax.nn.softmax(scores, axis=-1).astype(vc.dtype)
     a = jnp.einsum('ngs,nsq->ngq', probs, vc).reshape(B, H * Q)
-    x = x + a @ w['o']
+    x = x + (a @ w['o'] + w['o_bias'] if cfg.o_bias else a @ w['o'])
     h = model.rms_norm(x, w['mlp_norm'], cfg.rms_eps)
     gu = h @ w['gate_up']                                                      # (B, 2F)
     x = x + (jax.nn.silu(gu[:, :F]) * gu[:, F:]) @ w['down']
@@ -307,6 +324,7 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
   state = _State(
       step=jnp.zeros((), jnp.int32), done=rows(jnp.zeros((B,), bool)), token=rep(tokens[:, -1]),
       tokens=rows(jnp.full((B, N), pad_id, jnp.int32)), logprobs=rows(jnp.zeros((B, N), jnp.float32)),
+      entropy=rows(jnp.zeros((B, N), jnp.float32)), self_certainty=rows(jnp.zeros((B, N), jnp.float32)),
       lengths=rows(jnp.zeros((B,), jnp.int32)), cache=cache)
   # The randomness of every step, drawn here with the per-step keys fold_in(key, step): one uniform in (0, 1] per
   # row and step. Inside the loop, XLA CPU runs each threefry call as a rolled loop of ~80 small ops.
@@ -320,15 +338,15 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
   def body(s: _State):
     pos = last_position + s.step                                                # (B,) position of s.token
     logits, cache = decode_step(params, layers, cfg, s.token, pos, s.cache)
-    token, logp = sample_token(logits, uniforms[s.step], temperature, top_p,
-                               greedy=greedy, nucleus=nucleus)                  # (B,), (B,)
+    token, logp, entropy, certainty = sample_token(logits, uniforms[s.step], temperature, top_p,
+                                                   greedy=greedy, nucleus=nucleus)   # (B,) each
     live = ~s.done                                                               # rows still writing
     token = jnp.where(live, token, pad_id)
+    put = lambda a, x: a.at[:, s.step].set(jnp.where(live, x, 0.0))
     return _State(
         step=s.step + 1, done=s.done | (live & eos_table[token]), token=token,
-        tokens=s.tokens.at[:, s.step].set(token),
-        logprobs=s.logprobs.at[:, s.step].set(jnp.where(live, logp, 0.0)),
-        lengths=s.lengths + live, cache=cache)
+        tokens=s.tokens.at[:, s.step].set(token), logprobs=put(s.logprobs, logp), entropy=put(s.entropy, entropy),
+        self_certainty=put(s.self_certainty, certainty), lengths=s.lengths + live, cache=cache)
 
   for i, end in enumerate(ends):
     if i:   # room for the next segment's slots
@@ -338,8 +356,9 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
           k=tuple(pad(a, 2) for a in c.k), v=tuple(pad(a, 1) for a in c.v), valid=pad(c.valid, 1), index=c.index))
     state = jax.lax.while_loop(functools.partial(cond, end=end), body, state)
   mask = jnp.arange(N)[None, :] < state.lengths[:, None]                        # (B, N)
-  return Rollout(tokens=state.tokens, logprobs=state.logprobs, mask=mask, lengths=state.lengths,
-                 prompt_tokens=rep(tokens), prompt_valid=rep(valid))
+  return Rollout(tokens=state.tokens, logprobs=state.logprobs, entropy=state.entropy,
+                 self_certainty=state.self_certainty, mask=mask, lengths=state.lengths, prompt_tokens=rep(tokens),
+                 prompt_valid=rep(valid))
 
 
 def sample(params, cfg: model.Config, prompts: list[list[int]], *, num_samples: int, max_new_tokens: int,
@@ -380,37 +399,19 @@ def sample(params, cfg: model.Config, prompts: list[list[int]], *, num_samples: 
                  nucleus=top_p < 1.0, mesh=mesh, batch_axes=tuple(batch_axes))
 
 
-def eos_ids_of(tokenizer) -> list[int]:
-  """The tokenizer's EOS id plus the chat end markers of the Qwen family when the vocabulary has them."""
-  vocab = tokenizer.get_vocab()
-  ids = [tokenizer.eos_token_id] + [vocab.get(t) for t in ('<|im_end|>', '<|endoftext|>')]
-  return sorted({i for i in ids if i is not None})
-
-
-def generate(params, cfg: model.Config, tokenizer, prompts: list[str], *, num_samples: int, max_new_tokens: int,
-             temperature: float, top_p: float = 1.0, key: jax.Array, chat_template: bool = False, mesh=None,
+def generate(params, cfg: model.Config, text: hf.Text, prompts: list[str], *, num_samples: int,
+             max_new_tokens: int, temperature: float, top_p: float = 1.0, key: jax.Array, mesh=None,
              return_rollout: bool = False):
-  """Text in, text out: for each prompt its num_samples completions, decoded up to (excluding) the EOS.
+  """Text in, text out: for each prompt its num_samples completions, decoded without the stop token.
 
-  chat_template=True wraps each prompt as a user turn with the tokenizer's chat template (if it has one).
+  text: the tokenizer boundary (hf.Text): its encode (chat template or not), stop_ids, pad_id and decode.
   return_rollout=True returns (texts, rollout, prompt_ids) for token-level use.
   """
-  if chat_template and getattr(tokenizer, 'chat_template', None):
-    prompts = [tokenizer.apply_chat_template([{'role': 'user', 'content': p}], add_generation_prompt=True,
-                                             tokenize=False) for p in prompts]
-  prompt_ids = [tokenizer(p, add_special_tokens=False)['input_ids'] for p in prompts]
-  eos = eos_ids_of(tokenizer)
-  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+  prompt_ids = text.encode(prompts)
   rollout = sample(params, cfg, prompt_ids, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                   temperature=temperature, top_p=top_p, key=key, eos_ids=eos, pad_id=pad_id, mesh=mesh)
-  tokens, lengths = np.asarray(rollout.tokens), np.asarray(rollout.lengths)
-  texts = []
-  for i in range(len(prompts)):
-    group = []
-    for row in range(i * num_samples, (i + 1) * num_samples):
-      ids = tokens[row, :lengths[row]].tolist()
-      if ids and ids[-1] in eos:
-        ids = ids[:-1]
-      group.append(tokenizer.decode(ids))
-    texts.append(group)
+                   temperature=temperature, top_p=top_p, key=key, eos_ids=text.stop_ids, pad_id=text.pad_id,
+                   mesh=mesh)
+  # host_array: on several hosts the rows are spread over processes; every process gets every text.
+  flat = text.decode(sharding.host_array(rollout.tokens), sharding.host_array(rollout.mask))
+  texts = [flat[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
   return (texts, rollout, prompt_ids) if return_rollout else texts

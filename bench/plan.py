@@ -3,7 +3,7 @@
     python bench/plan.py --model_shape=qwen2.5-math-7b --mesh=1,8,1 --num_prompts=16 --num_samples=32 \
         --prompt_len=1024 --response_len=3072 --remat
 
-Nothing is run and no weights exist: the policy-gradient update (train.make_train_step with train.policy_loss
+Nothing is run and no weights exist: the policy-gradient update (update.make_train_step with update.policy_loss
 and AdamW), the sampler (sample._sample: prefill + decode loop) and the KL reference scorer are compiled ahead
 of time (`jax.jit(...).lower(abstract inputs).compile()`) for jax.ShapeDtypeStruct inputs that carry the
 shardings train.py gives them, on a mesh of --devices fake CPU devices. XLA's buffer assignment of the
@@ -12,10 +12,13 @@ per-device program (`compiled.memory_analysis()`) then says what one device hold
     need = argument + output + temp - alias     (bytes; alias: donated inputs reused as outputs)
 
 plus what stays resident outside the compiled function during that phase (the train state while sampling;
-the reference policy for the KL term). Precision, decided here and used by default: float32 master weights
-and float32 Adam moments, bfloat16 matmuls (--param_dtype=float32 --dtype=bfloat16). With bfloat16 weights
-a learning-rate-1e-6 AdamW update (about 1e-6 per weight) is below half a bfloat16 ulp of a typical weight
-(0.02: ulp 1.2e-4) and rounds away, so the paper's learning rate would not move the policy.
+the reference policy for the KL term). The compiling and measuring is memory.py's, which train.py also runs
+on an accelerator before its first step, for the real run's shapes on the real devices.
+
+Precision, decided here and used by default: float32 master weights and float32 Adam moments, bfloat16
+matmuls (--param_dtype=float32 --dtype=bfloat16). With bfloat16 weights a learning-rate-1e-6 AdamW update
+(about 1e-6 per weight) is below half a bfloat16 ulp of a typical weight (0.02: ulp 1.2e-4) and rounds away,
+so the paper's learning rate would not move the policy.
 
 The update step's rows go through in micro-batches (train.py --micro_batches); the plan compiles the step for
 1, 2, 4, ... rows per device per micro-batch, up to the whole batch or until the need passes the largest
@@ -29,7 +32,6 @@ the headroom (--headroom, 0.9: a plan fits when need <= 90% of HBM).
 """
 import argparse
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -38,117 +40,65 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402  (jax_num_cpu_devices is set in main, before JAX's backend starts)
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
+import memory  # noqa: E402
 import model  # noqa: E402
 import sample as sample_lib  # noqa: E402
+import sharding  # noqa: E402
 import train  # noqa: E402
+import update  # noqa: E402
 
-GiB = 1024 ** 3
+GiB = memory.GiB
 # HBM per chip (GiB): TPU v5e, v4, v5p (Cloud TPU system architecture pages); H200: 141 GB, which nvidia-smi
 # shows as 143,771 MiB.
 CHIPS = {'v5e': 16.0, 'v4': 32.0, 'v5p': 95.0, 'H200': 143771 / 1024}
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-  argument: int     # bytes per device: inputs of the compiled function
-  output: int
-  temp: int         # XLA's scratch buffers (activations, logits, gradients, the KV cache inside the sampler)
-  alias: int        # outputs written into donated inputs (the train state)
-  resident: int     # live outside the function during this phase
-  seconds: float    # compile time
-
-  @property
-  def need(self) -> int:
-    return self.argument + self.output + self.temp - self.alias + self.resident
-
-
-def abstract(tree, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
-
-
-def nbytes_per_device(tree) -> int:
-  """Bytes one device holds of an abstract pytree (its own shard of every leaf)."""
-  total = 0
-  for a in jax.tree.leaves(tree):
-    shard = a.sharding.shard_shape(a.shape)
-    total += math.prod(shard) * np.dtype(a.dtype).itemsize
-  return total
-
-
-def measure(compiled, resident, seconds) -> Phase:
-  m = compiled.memory_analysis()
-  return Phase(m.argument_size_in_bytes, m.output_size_in_bytes, m.temp_size_in_bytes, m.alias_size_in_bytes,
-               resident, seconds)
+Phase = memory.Phase
 
 
 def setup(cfg, mesh_sizes, rl):
   """Abstract train state (params, AdamW state) with train.py's shardings, and the step's shardings."""
-  mesh = train.make_mesh(mesh_sizes)
-  p_shard = train.param_shardings(cfg, mesh)
-  params = jax.tree.map(lambda shape, s: jax.ShapeDtypeStruct(shape, jnp.dtype(cfg.param_dtype), sharding=s),
-                        model.param_shapes(cfg), p_shard, is_leaf=lambda x: isinstance(x, tuple))
-  optimizer = train.make_optimizer(rl, rl.learning_rate)
-  replicated = NamedSharding(mesh, PartitionSpec())
-  opt_abstract = jax.eval_shape(optimizer.init, params)
-  opt_shard = train.optax.tree_map_params(optimizer, lambda _, s: s, opt_abstract, p_shard,
-                                          transform_non_params=lambda _: replicated)
-  state = {'params': params, 'opt_state': abstract(opt_abstract, opt_shard)}
-  return mesh, optimizer, state, {'params': p_shard, 'opt_state': opt_shard}
-
-
-def batch_abstract(mesh, rows, prompt_len, response_len):
-  Tp = sample_lib.bucket(prompt_len)
-  specs = {'prompt_tokens': ((rows, Tp), jnp.int32), 'prompt_valid': ((rows, Tp), jnp.bool_),
-           'tokens': ((rows, response_len), jnp.int32), 'mask': ((rows, response_len), jnp.float32),
-           'old_logp': ((rows, response_len), jnp.float32), 'ref_logp': ((rows, response_len), jnp.float32),
-           'advantages': ((rows,), jnp.float32), 'row_weight': ((rows,), jnp.float32)}
-  return {k: jax.ShapeDtypeStruct(s, d, sharding=train.batch_sharding(mesh, s)) for k, (s, d) in specs.items()}
+  mesh = sharding.make_mesh(mesh_sizes)
+  p_shard = sharding.param_shardings(cfg, mesh)
+  shapes = jax.tree.map(lambda shape: jax.ShapeDtypeStruct(shape, jnp.dtype(cfg.param_dtype)),
+                        model.param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+  params = memory.abstract(shapes, p_shard)
+  optimizer = update.make_optimizer(rl.learning_rate)
+  shardings = sharding.state_shardings(optimizer, params, p_shard, mesh)
+  state = {'params': params,
+           'opt_state': memory.abstract(jax.eval_shape(optimizer.init, params), shardings['opt_state'])}
+  return mesh, optimizer, state, shardings
 
 
 def plan_update(cfg, mesh_sizes, rl, rows, prompt_len, response_len, micro_batches, kl=True) -> Phase:
   """The update step over `rows` rows in `micro_batches` slices."""
   mesh, optimizer, state, shardings = setup(cfg, mesh_sizes, rl)
-  step = train.make_train_step(cfg, rl, optimizer, train.policy_loss, shardings, mesh, micro_batches)
-  batch = batch_abstract(mesh, rows, prompt_len, response_len)
-  t = time.time()
-  compiled = step.lower(state, batch).compile()
+  loss_fn = lambda p, c, b: update.policy_loss(p, c, b, temperature=rl.temperature, clip_eps=rl.clip_eps,
+                                               kl_coef=rl.kl_coef, entropy_coef=rl.entropy_coef)
+  step = update.make_train_step(cfg, loss_fn, optimizer, shardings, mesh, micro_batches)
+  batch = memory.batch_abstract(mesh, rows, sample_lib.bucket(prompt_len), response_len)
   # The frozen reference policy (KL term) stays on the devices through the update.
-  resident = nbytes_per_device(state['params']) if kl else 0
-  return measure(compiled, resident, time.time() - t)
+  return memory.update_phase(step, state, batch, memory.nbytes_per_device(state['params']) if kl else 0)
 
 
 def plan_sampler(cfg, mesh_sizes, rl, prompts, samples, prompt_len, response_len, kl=True) -> Phase:
   """One sampler call for `prompts` prompts x `samples` samples; the train state (and the reference) stay
-  resident while it runs (train.run samples with the live parameters)."""
+  resident while it runs (train.py samples with the live parameters)."""
   mesh, _, state, _ = setup(cfg, mesh_sizes, rl)
-  Tp = sample_lib.bucket(prompt_len)
-  rows = NamedSharding(mesh, PartitionSpec('data'))
-  tokens = jax.ShapeDtypeStruct((prompts, Tp), jnp.int32, sharding=rows)
-  valid = jax.ShapeDtypeStruct((prompts, Tp), jnp.bool_, sharding=rows)
-  key = jax.eval_shape(lambda: jax.random.key(0))
-  f32 = jax.ShapeDtypeStruct((), jnp.float32)
-  eos = jax.ShapeDtypeStruct((cfg.vocab_size,), jnp.bool_)
-  t = time.time()
-  compiled = sample_lib._sample.lower(
-      state['params'], cfg, tokens, valid, key, f32, f32, eos, jax.ShapeDtypeStruct((), jnp.int32),
-      num_samples=samples, max_new_tokens=response_len, greedy=False, nucleus=False, mesh=mesh,
-      batch_axes=train.RULES['batch']).compile()
-  resident = nbytes_per_device(state['opt_state']) + (nbytes_per_device(state['params']) if kl else 0)
-  return measure(compiled, resident, time.time() - t)
+  resident = (memory.nbytes_per_device(state['opt_state'])
+              + (memory.nbytes_per_device(state['params']) if kl else 0))
+  return memory.sampler_phase(state['params'], cfg, mesh, prompts, samples, sample_lib.bucket(prompt_len),
+                              response_len, resident)
 
 
 def plan_scorer(cfg, mesh_sizes, rl, rows, prompt_len, response_len, micro_batches) -> Phase:
   """The KL reference's log-probs (forward only) over the batch; the train state stays resident."""
   mesh, _, state, _ = setup(cfg, mesh_sizes, rl)
-  scorer = train.make_scorer(cfg, rl, mesh, micro_batches)
-  batch = batch_abstract(mesh, rows, prompt_len, response_len)
+  scorer = update.make_scorer(cfg, rl.temperature, mesh, micro_batches)
+  batch = memory.batch_abstract(mesh, rows, sample_lib.bucket(prompt_len), response_len)
   t = time.time()
   compiled = scorer.lower(state['params'], batch).compile()
-  return measure(compiled, nbytes_per_device(state['opt_state']) + nbytes_per_device(state['params']),
-                 time.time() - t)
+  return memory.measure(compiled, memory.nbytes_per_device(state['opt_state'])
+                        + memory.nbytes_per_device(state['params']), time.time() - t)
 
 
 def fits(need, chip, headroom):
@@ -176,7 +126,7 @@ def run_plan(model_shape='qwen2.5-math-1.5b', mesh=(1, 8, 1), num_prompts=16, nu
   cfg = cfg or model.PRESETS[model_shape]
   cfg = dataclasses.replace(cfg, param_dtype=param_dtype, dtype=dtype, remat=remat)
   rl = train.RLConfig(num_prompts=num_prompts, num_samples=num_samples, max_new_tokens=response_len,
-                      kl_coef=0.001 if kl else 0.0)
+                      kl_coef=0.001 if kl else 0.0, kl_in='loss')
   data, fsdp, _ = mesh
   rows = num_prompts * num_samples
   shards = data * fsdp
@@ -186,7 +136,8 @@ def run_plan(model_shape='qwen2.5-math-1.5b', mesh=(1, 8, 1), num_prompts=16, nu
   largest = max(CHIPS.values()) * GiB
   _, _, state, _ = setup(cfg, mesh, rl)
   out = {'cfg': cfg, 'rows': rows, 'shards': shards, 'update': {}, 'sampler': {}, 'scorer': None,
-         'params': nbytes_per_device(state['params']), 'opt_state': nbytes_per_device(state['opt_state'])}
+         'params': memory.nbytes_per_device(state['params']),
+         'opt_state': memory.nbytes_per_device(state['opt_state'])}
 
   # 1) The update step: r rows per device in each micro-batch, M = rows / (r x shards) micro-batches.
   for r in doublings(1, rows // shards) if micro_rows is None else micro_rows:
@@ -268,7 +219,7 @@ def main():
   p.add_argument('--headroom', type=float, default=0.9)
   args = p.parse_args()
   jax.config.update('jax_num_cpu_devices', args.devices)
-  mesh = train.parse_mesh(args.mesh, args.devices)
+  mesh = sharding.parse_mesh(args.mesh, args.devices)
   ints = lambda s: [int(x) for x in s.split(',')] if s else None
   print(f'compiling on {jax.device_count()} fake CPU devices ...', flush=True)
   out = run_plan(args.model_shape, mesh, args.num_prompts, args.num_samples, args.prompt_len, args.response_len,

@@ -107,15 +107,15 @@ def ours(cfg, params, P, G, new_tokens):
   return run, lambda: timed(run)
 
 
-def huggingface(hf, P, G, new_tokens):
+def huggingface(torch_model, P, G, new_tokens):
   import torch
   ids = torch.tensor(make_prompts(P))
 
   def run(n=new_tokens):
     with torch.no_grad():
-      seqs = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
-                         top_p=1.0, max_new_tokens=n, min_new_tokens=n, num_return_sequences=G, use_cache=True,
-                         pad_token_id=0, eos_token_id=1)
+      seqs = torch_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                                  top_k=0, top_p=1.0, max_new_tokens=n, min_new_tokens=n, num_return_sequences=G,
+                                  use_cache=True, pad_token_id=0, eos_token_id=1)
     assert seqs.shape == (P * G, PROMPT_LEN + n), seqs.shape
   return (lambda: run(8)), lambda: timed(run)   # eager PyTorch compiles nothing: a short warm-up is enough
 
@@ -209,13 +209,14 @@ def main():
     return tunix_worker(args)
 
   import jax
+  import hf
   import model
   import sample
   sizes = parse_sizes(args.sizes)
   cfg = model.Config(**CONFIG)
   params = model.init_params(cfg, jax.random.key(0))
   path = tempfile.mkdtemp(prefix='sample_bench_')
-  model.save_hf_checkpoint(path, cfg, params)
+  hf.save_checkpoint(path, cfg, params)
   ceilings = Ceilings(cfg)
   print(f'jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} cores, '
         f'{ceilings.params / 1e6:.1f}M parameters; N = {args.new_tokens} new tokens, prompt {PROMPT_LEN}; best of '
@@ -230,11 +231,12 @@ def main():
   if not args.skip_hf:
     import torch
     import transformers
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
-    ref = hf.generate(torch.tensor(prompt), do_sample=False, max_new_tokens=8, min_new_tokens=8, pad_token_id=0,
-                      eos_token_id=1)[0, PROMPT_LEN:].tolist()
+    torch_model = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
+                                                                    dtype=torch.float32).eval()
+    ref = torch_model.generate(torch.tensor(prompt), do_sample=False, max_new_tokens=8, min_new_tokens=8,
+                               pad_token_id=0, eos_token_id=1)[0, PROMPT_LEN:].tolist()
     line += f', HF {"same" if ref == greedy else ref}'
-    samplers['HF'] = lambda P, G: huggingface(hf, P, G, args.new_tokens)
+    samplers['HF'] = lambda P, G: huggingface(torch_model, P, G, args.new_tokens)
   worker = None
   if not args.skip_tunix:
     if os.path.exists(args.tunix_python):

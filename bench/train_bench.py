@@ -6,15 +6,19 @@
 Measured in one process, side by side, `--repeats` times (other work on the machine moves all numbers together,
 so compare the ratios within a repeat):
   ceiling   float32 jnp.dot of two 2048 x 2048 matrices (best of several): the FLOP/s this CPU reaches in XLA;
-  step      train.make_train_step with train.policy_loss and AdamW (what train.py runs), one device;
-  fwd       the log-probs of the batch (train.token_logprobs) alone;
+  step      update.make_train_step with update.policy_loss and AdamW (what train.py runs), one device;
+  fwd       the log-probs of the batch (update.token_logprobs) alone;
   fwd+bwd   the policy loss and its gradient, no optimizer;
-  torch     transformers' Qwen2ForCausalLM (PyTorch) on the same weights (saved with model.save_hf_checkpoint):
+  torch     transformers' Qwen2ForCausalLM (PyTorch) on the same weights (saved with hf.save_checkpoint):
             the same loss (token-mean of -A log p over the response tokens) forward and backward.
 FLOPs per step, counted by hand: 6 x (matmul parameters of the layers x all B*T tokens + the LM head x the B*N
 response tokens it is applied to) + attention 12 x L x B x T^2 x H x Q (QK^T and PV, both full T x T as
-computed; forward 1x, backward 2x). XLA's own count (compiled.cost_analysis()) is printed next to it: it
-counts the body of the scan over layers once, so it is about one layer's share plus the LM head.
+computed; forward 1x, backward 2x). XLA's own count (compiled.cost_analysis()) is printed next to it (it counts
+a rolled scan's body once; this policy's 8 layers are unrolled, model.UNROLL_LAYERS, so it sees them all).
+
+The last line sums it up: jax/torch fwd+bwd = torch's fwd+bwd time / ours (above 1: ours is faster) and the
+step's share of the ceiling, each the median over the repeats, with their range. Where the time of the step
+goes: bench/train_profile.py.
 """
 import argparse
 import os
@@ -28,8 +32,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import hf  # noqa: E402
 import model  # noqa: E402
+import sharding  # noqa: E402
 import train  # noqa: E402
+import update  # noqa: E402
 
 CFG = model.Config(vocab_size=2048, d_model=512, num_layers=8, num_heads=8, num_kv_heads=2, head_dim=64,
                    mlp_dim=1408, tie_embeddings=True)
@@ -73,19 +80,18 @@ def ceiling(n=2048, steps=5):
 
 
 def jax_fns(cfg, batch, rl):
-  mesh = train.make_mesh((1, 1, 1))
+  mesh = sharding.make_mesh((1, 1, 1))
   params = model.init_params(cfg, jax.random.key(0))
-  p_shard = train.param_shardings(cfg, mesh)
-  opt = train.make_optimizer(rl, rl.learning_rate)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  opt_shard = train.optax.tree_map_params(opt, lambda _, s: s, jax.eval_shape(opt.init, params), p_shard,
-                                          transform_non_params=lambda _: replicated)
-  step = train.make_train_step(cfg, rl, opt, train.policy_loss, {'params': p_shard, 'opt_state': opt_shard}, mesh)
-  batch = train.global_batch(batch, mesh)
-  state = {'params': jax.tree.map(jnp.copy, params), 'opt_state': opt.init(params)}
-  fwd = jax.jit(lambda p, b: train.token_logprobs(p, cfg, b['prompt_tokens'], b['prompt_valid'], b['tokens'],
-                                                  b['mask'], rl.temperature))
-  grad = jax.jit(jax.value_and_grad(lambda p, b: train.policy_loss(p, cfg, rl, b)[0]))
+  opt = update.make_optimizer(rl.learning_rate)
+  shardings = sharding.state_shardings(opt, params, sharding.param_shardings(cfg, mesh), mesh)
+  loss_fn = lambda p, c, b: update.policy_loss(p, c, b, temperature=rl.temperature, clip_eps=rl.clip_eps,
+                                               kl_coef=0.0, entropy_coef=0.0)
+  step = update.make_train_step(cfg, loss_fn, opt, shardings, mesh)
+  batch = sharding.global_batch(batch, mesh)
+  state = sharding.init_state(opt, params, shardings)
+  fwd = jax.jit(lambda p, b: update.token_logprobs(p, cfg, b['prompt_tokens'], b['prompt_valid'], b['tokens'],
+                                                   b['mask'], rl.temperature))
+  grad = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(p, cfg, b)[0]))
   box = {'state': state}
 
   def run_step():
@@ -102,9 +108,9 @@ def torch_fns(cfg, params, batch, threads):
   import transformers
   torch.set_num_threads(threads)
   d = tempfile.mkdtemp()
-  model.save_hf_checkpoint(d, cfg, params)
-  hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation='sdpa')
-  hf.train()
+  hf.save_checkpoint(d, cfg, params)
+  torch_model = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation='sdpa')
+  torch_model.train()
   Tp = batch['prompt_tokens'].shape[1]
   ids = torch.from_numpy(np.concatenate([batch['prompt_tokens'], batch['tokens']], 1).astype(np.int64))
   tokens = torch.from_numpy(batch['tokens'].astype(np.int64))
@@ -112,11 +118,11 @@ def torch_fns(cfg, params, batch, threads):
   mask = torch.from_numpy(batch['mask'])
 
   def logp():
-    logits = hf(input_ids=ids).logits[:, Tp - 1:-1].float()
+    logits = torch_model(input_ids=ids).logits[:, Tp - 1:-1].float()
     return torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
 
   def fwd_bwd():
-    hf.zero_grad(set_to_none=True)
+    torch_model.zero_grad(set_to_none=True)
     loss = -(adv * logp() * mask).sum() / mask.sum()
     loss.backward()
     return loss
@@ -140,14 +146,15 @@ def main():
   cfg, rows, Tp, N = CFG, args.num_prompts * args.num_samples, args.prompt_len, args.response_len
   rl = train.RLConfig(learning_rate=1e-6, temperature=1.0)
   batch = make_batch(rows, Tp, N, cfg.vocab_size)
-  n_params = sum(int(np.prod(s)) for s in jax.tree.leaves(model.param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple)))
+  shapes = jax.tree.leaves(model.param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+  n_params = sum(int(np.prod(s)) for s in shapes)
   flops, matmul, attention = step_flops(cfg, rows, Tp, N)
   print(f'policy: {n_params / 1e6:.1f}M parameters; batch {args.num_prompts} prompts x {args.num_samples} samples x '
         f'({Tp} + {N}) tokens = {rows * (Tp + N)} tokens; {jax.device_count()} JAX device(s), '
         f'{os.cpu_count()} CPU cores')
   params, fns, xla_flops, jax_logp = jax_fns(cfg, batch, rl)
   print(f'FLOPs per step: {flops / 1e9:.1f} G by hand ({matmul / 1e9:.1f} G matmuls, {attention / 1e9:.1f} G '
-        f'attention); XLA counts {xla_flops / 1e9:.1f} G (one scan iteration: one layer + the LM head)')
+        f'attention); XLA counts {xla_flops / 1e9:.1f} G')
   if args.torch:
     import torch
     tfns, torch_logp = torch_fns(cfg, params, batch, os.cpu_count())
@@ -161,7 +168,8 @@ def main():
   print(f'\neach cell: best seconds of {args.steps} calls, and the share of the matmul ceiling measured just before '
         f'and after it (their mean)')
   print(f'{"repeat":>6} {"ceiling GFLOP/s":>16} ' + ' '.join(f'{k:>19}' for k in fns) + f' {"step tok/s":>11}'
-        + (f' {"torch/jax fwd+bwd":>17}' if args.torch else ''))
+        + (f' {"jax/torch fwd+bwd":>17}' if args.torch else ''))
+  speedups, step_shares = [], []
   for r in range(args.repeats):
     t, share, peaks = {}, {}, []
     for k, f in fns.items():
@@ -171,10 +179,17 @@ def main():
       share[k], peaks = work[k] / t[k] / peak, peaks + [peak]
     line = f'{r + 1:>6} {np.mean(peaks) / 1e9:>16.1f} ' + ' '.join(f'{t[k]:>9.3f} s {share[k]:>6.1%}' for k in fns)
     line += f' {rows * (Tp + N) / t["step"]:>11.0f}'
+    step_shares.append(share['step'])
     if args.torch:
-      line += f' {t["torch fwd+bwd"] / t["fwd+bwd"]:>17.2f}'
+      speedups.append(t['torch fwd+bwd'] / t['fwd+bwd'])
+      line += f' {speedups[-1]:>17.2f}'
     print(line, flush=True)
   print('\nstep tok/s counts prompt and response tokens (B x T); the optimizer is step - fwd+bwd.')
+  spread = lambda xs, f: f'{f(np.median(xs))} (repeats {f(min(xs))} to {f(max(xs))})'
+  summary = f'step {spread(step_shares, lambda x: f"{x:.0%}")} of the matmul ceiling'
+  if args.torch:
+    summary = f'jax/torch fwd+bwd {spread(speedups, lambda x: f"{x:.2f}")}; ' + summary
+  print(summary)
 
 
 if __name__ == '__main__':

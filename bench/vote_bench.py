@@ -1,4 +1,4 @@
-"""Speed of vote.py: a batch of 32 prompts x 32 sampled answers voted and rewarded, plus hostile inputs.
+"""Speed of vote.py: a batch of 32 prompts x 32 sampled answers voted and scored, plus hostile inputs.
 
 Run: python bench/vote_bench.py
 The answers imitate what a math policy writes: per prompt one true value written mostly in one form, some
@@ -68,9 +68,11 @@ def make_group(rng: random.Random) -> list[str | None]:
 
 
 def vote_and_reward(batch):
+  """SRT's rewards: the majority label, agreement with it, and the soft reward (class shares)."""
   for group in batch:
-    vote.majority_vote(group)
-    vote.self_rewards(group)
+    label, _ = vote.majority_vote(group)
+    vote.agreement(group, label)
+    vote.class_shares(group)
 
 
 HOSTILE = {
@@ -100,7 +102,7 @@ def main():
   t = time.perf_counter()
   vote_and_reward(batch)
   warm = time.perf_counter() - t
-  print(f'{NUM_PROMPTS} prompts x {G} answers, majority_vote + self_rewards: {cold:.3f} s first pass, '
+  print(f'{NUM_PROMPTS} prompts x {G} answers, majority_vote + agreement + class_shares: {cold:.3f} s first pass, '
         f'{warm:.3f} s repeated (caches hot)')
 
   rng = random.Random(1)
@@ -108,9 +110,9 @@ def main():
   t = time.perf_counter()
   for group in fresh:
     ids = vote.group_answers(group)
-    vote.gt_rewards(group, next(a for a in group if a is not None))
+    vote.correct(group, next(a for a in group if a is not None))
     vote.parse_rate(group), len(set(ids))
-  print(f'another fresh batch, group_answers + gt_rewards + parse_rate: {time.perf_counter() - t:.3f} s')
+  print(f'another fresh batch, group_answers + correct + parse_rate: {time.perf_counter() - t:.3f} s')
 
   slowest = (0.0, '')
   for name, s in HOSTILE.items():
@@ -118,8 +120,9 @@ def main():
     calls = {'extract_answer': lambda: vote.extract_answer('\\boxed{' + s + '}'),
              'equivalent': lambda: vote.equivalent(s, other),
              'majority_vote': lambda: vote.majority_vote([s, s + ' ', other, None]),
-             'self_rewards': lambda: vote.self_rewards([s, s + ' ', other, None]),
-             'gt_rewards': lambda: vote.gt_rewards([s, s + ' '], other + '+1')}
+             'agreement': lambda: vote.agreement([s, s + ' ', other, None], other + '+1'),
+             'class_shares': lambda: vote.class_shares([s, s + ' ', other, None]),
+             'correct': lambda: vote.correct([s, s + ' '], other + '+1')}
     took = {}
     for fn, call in calls.items():
       t = time.perf_counter()
@@ -130,6 +133,7 @@ def main():
     print(f'  hostile {name:40s} slowest call {took[worst]:.3f} s ({worst})')
   print(f'slowest single call on a hostile input: {slowest[0]:.3f} s ({slowest[1]}); '
         f'/tmp/pwned exists: {os.path.exists("/tmp/pwned")}')
+
 
 if __name__ == '__main__':
   main()

@@ -1,9 +1,24 @@
-"""Eight fake CPU devices for every test, so sharded code runs on a real (simulated) mesh.
-Unsharded arrays live on device 0 as usual; this must run before JAX initialises its backend."""
+"""Eight fake CPU devices for every test, so sharded code runs on a real (simulated) mesh; unsharded arrays live on
+device 0 as usual. This must run before JAX initialises its backend.
+
+One persistent compilation cache for the whole session, shared with the scripts the tests run in subprocesses:
+the end-to-end runs compile the same sampler and update step again and again (each process from scratch), and
+the cache halves their CPU time. It is a fresh directory per session, removed at the end."""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import jax
 
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache = tempfile.mkdtemp(prefix='srt-tests-jax-cache-')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 jax.config.update('jax_num_cpu_devices', 8)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -54,7 +54,7 @@ def test_seeds_are_reproducible_and_differ():
 
 def test_other_rg_task_format():
   (ex,) = data.load_examples('rg:family_relationships', size=1, seed=0)
-  assert ex.prompt == ex.question + '\nPut your final answer in \\boxed{}.'
+  assert ex.prompt == ex.question + " Let's think step by step and output the final answer within \\boxed{}."
   assert ex.target == '\\boxed{' + ex.answer + '}'
 
 
@@ -84,6 +84,21 @@ def test_verifiers():
   assert bitwise('0xb', '0xa') == bitwise('0xa', '__import__("os")') == 0.0   # a non-literal gold is never run
 
 
+@pytest.mark.parametrize('task', ['family_relationships', 'bitwise_arithmetic', 'knights_knaves'])
+def test_the_papers_reasoning_gym_tasks(task):
+  """The paper's Reasoning Gym tasks load with a boxed-answer prompt, and their verifiers give every gold answer
+  full credit and a wrong answer (another prompt's gold that differs, or nonsense) none."""
+  examples = data.load_examples(f'rg:{task}', size=8, seed=0)
+  verifier = data.make_verifier(f'rg:{task}')
+  assert verifier is not None and len(examples) == 8
+  for ex in examples:
+    assert ex.prompt.startswith(ex.question) and ex.prompt.endswith(data.SUFFIX) and ex.answer
+    assert verifier(ex.answer, ex.answer) == 1.0
+    assert verifier('no idea', ex.answer) == 0.0
+    other = next(o.answer for o in examples if verifier(o.answer, ex.answer) < 1.0)
+    assert verifier(other, ex.answer) < 1.0
+
+
 RECORDS = [
     {'problem': 'What is 1+1?', 'solution': 'It is $\\boxed{2}$.', 'answer': '2'},
     {'question': 'What is 2+2?', 'answer': 4},
@@ -97,7 +112,7 @@ RECORDS = [
 def check_records(examples):
   assert [ex.answer for ex in examples] == ['2', '4', '\\frac{1}{2}', None, '5']
   assert [ex.question for ex in examples] == ['What is 1+1?', 'What is 2+2?', 'Half of 1?', 'Unknown?', 'Q5. Box it.']
-  suffix = '\nPlease reason step by step, and put your final answer within \\boxed{}.'
+  suffix = " Let's think step by step and output the final answer within \\boxed{}."
   assert [ex.prompt for ex in examples] == [q + suffix for q in ['What is 1+1?', 'What is 2+2?', 'Half of 1?',
                                                                    'Unknown?']] + ['Q5. Box it.']
   assert [ex.target for ex in examples] == ['It is $\\boxed{2}$.', None, 'So $\\boxed{\\frac{1}{2}}$.', None, None]

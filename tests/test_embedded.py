@@ -24,7 +24,7 @@ def test_self_training_beats_the_warm_start(tmp_path):
                      timeout=1800)
   assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
   summary = json.load(open(tmp_path / 'summary.json'))
-  gain = summary['avg@k_gain']
+  gain = summary['gain']['avg@k']
   print(summary)
   assert gain['mean'] > 0.04 and gain['mean'] > 3 * gain['paired_se'], summary
   assert summary['after']['maj@k'] >= summary['before']['maj@k'], summary

@@ -1,5 +1,7 @@
-"""eval.py: metrics on hand-written completions equal the numbers worked out by hand; the CLI end to end on a
-hand-built checkpoint whose output is known."""
+"""eval.py: the metrics (avg@k, maj@k, pass@k, paired gain, early stopping) against numbers worked out by hand;
+`evaluate` on hand-written completions; the CLI end to end on a hand-built checkpoint whose output is known and
+on the shipped tiny checkpoint."""
+import itertools
 import json
 import math
 import os
@@ -12,6 +14,7 @@ import pytest
 
 import data
 import eval as eval_lib
+import hf
 import model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,8 +42,8 @@ def fake_generate(monkeypatch):
   by_prompt['prompt 0'][1] = '\\boxed{3} no, wait: \\boxed{7}'   # the LAST box counts
   calls = []
 
-  def generate(params, cfg, tokenizer, prompts, *, num_samples, max_new_tokens, temperature, top_p=1.0, key,
-               chat_template=False, mesh=None):
+  def generate(params, cfg, text, prompts, *, num_samples, max_new_tokens, temperature, top_p=1.0, key, mesh=None,
+               return_rollout=False):
     calls.append((list(prompts), np.asarray(jax.random.key_data(key)).tolist(), num_samples))
     return [by_prompt[p][:num_samples] for p in prompts]
 
@@ -64,6 +67,7 @@ def test_metrics_by_hand(fake_generate):
   # 95% interval: normal approximation over the 5 per-prompt means (sum of squared deviations 0.325).
   half = 1.96 * math.sqrt(0.325 / 4) / math.sqrt(5)
   assert res['avg@k_ci95'] == pytest.approx([0.4 - half, 0.4 + half])
+  assert res['per_prompt'] == pytest.approx([0.5, 0.25, 0, 0.75, 0.5])
 
   r0, r2 = res['records'][0], res['records'][2]
   assert r0['extracted'] == ['7', '7', '3', None] and r0['correct'] == [1, 1, 0, 0] and r0['label'] == '7'
@@ -95,12 +99,87 @@ def test_partial_credit_is_not_correct(monkeypatch):
   verifier = lambda answer, gold: 1.0 if answer == gold else 0.5 if gold in answer else 0.0
   ex = [data.Example(question='q', answer='lion', prompt='p', target=None)]   # words: no math-verify worker
   monkeypatch.setattr(eval_lib.sample, 'generate',
-                      lambda params, cfg, tok, prompts, **kw: [[B('lion'), B('lions'), B('lions'), B('tiger')]])
+                      lambda params, cfg, text, prompts, **kw: [[B('lion'), B('lions'), B('lions'), B('tiger')]])
   res = eval_lib.evaluate(None, None, None, ex, num_samples=4, max_new_tokens=8, temperature=1.0,
                           key=jax.random.key(0), verifier=verifier)
   assert res['records'][0]['correct'] == [1, 0, 0, 0] and res['records'][0]['label'] == 'lions'
   assert (res['avg@k'], res['maj@k'], res['pass@k']) == (0.25, 0.0, 1.0)
   assert res['avg@k_ci95'] == [0.0, 1.0]   # one prompt: no spread to estimate
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def test_avg_at_k():
+  assert eval_lib.avg_at_k([1, 0, 1, 1]) == 0.75
+  assert eval_lib.avg_at_k(np.array([True, False])) == 0.5
+  assert eval_lib.avg_at_k([]) == 0.0
+
+
+def test_maj_at_k_by_hand():
+  assert eval_lib.maj_at_k(['3', '3', '4'], '3') == 1.0
+  assert eval_lib.maj_at_k(['3', '4', '\\frac{8}{2}'], '3') == 0.0   # 4 and 8/2 outvote 3
+  assert eval_lib.maj_at_k(['\\frac{1}{2}', '0.5', '1'], '1/2') == 1.0
+  assert eval_lib.maj_at_k(['4', '3', '3', '4'], '4') == 1.0   # tie: 4 comes first
+  assert eval_lib.maj_at_k(['3', '4', '4', '3'], '4') == 0.0
+  assert eval_lib.maj_at_k([None, None], '3') == 0.0   # no label counts as wrong
+  assert eval_lib.maj_at_k(['3'], None) == 0.0
+
+
+def test_maj_at_k_with_a_verifier_is_full_credit_only():
+  def by_name(answer, gold):
+    return 1.0 if answer.lower() == gold.lower() else 0.01  # reasoning-gym style partial credit
+
+  assert eval_lib.maj_at_k(['Alice', 'Bob', 'Alice'], 'alice', verifier=by_name) == 1.0
+  assert eval_lib.maj_at_k(['Carol', 'carol', 'Alice'], 'alice', verifier=by_name) == 0.0   # partial: wrong
+  assert eval_lib.maj_at_k([None], 'alice', verifier=by_name) == 0.0
+
+
+def test_pass_at_k_by_hand():
+  assert eval_lib.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
+  assert eval_lib.pass_at_k(10, 0, 3) == 0.0
+  assert eval_lib.pass_at_k(4, 3, 2) == 1.0  # only one wrong sample: every pair has a right one
+  assert eval_lib.pass_at_k(4, 4, 4) == 1.0
+  assert eval_lib.pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 - C(3,2)/C(4,2)
+  assert eval_lib.pass_at_k(1000, 1, 1) == pytest.approx(0.001)
+  assert eval_lib.pass_at_k(32, 8, 1) == pytest.approx(8 / 32)  # pass@1 is the mean
+  assert 0.0 <= eval_lib.pass_at_k(10_000, 3, 5_000) <= 1.0  # no overflow from huge binomials
+
+
+def test_pass_at_k_matches_enumeration():
+  for n in range(1, 8):
+    for c in range(n + 1):
+      correct = [1] * c + [0] * (n - c)
+      for k in range(1, n + 1):
+        subsets = list(itertools.combinations(correct, k))
+        expected = sum(any(s) for s in subsets) / len(subsets)
+        assert eval_lib.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12), (n, c, k)
+
+
+@pytest.mark.parametrize('n, c, k', [(5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6)])
+def test_pass_at_k_rejects_impossible_counts(n, c, k):
+  with pytest.raises(ValueError):
+    eval_lib.pass_at_k(n, c, k)
+
+
+def test_paired_gain_by_hand():
+  # differences 0.25, 0.0, 0.5, -0.25: mean 0.125; squared deviations 1/64 + 1/64 + 9/64 + 9/64 = 20/64,
+  # sd = sqrt(20/64 / 3), se = sd / sqrt(4)
+  gain = eval_lib.paired_gain(np.array([0.5, 0.25, 0.0, 0.75]), np.array([0.75, 0.25, 0.5, 0.5]))
+  assert gain['mean'] == pytest.approx(0.125)
+  assert gain['paired_se'] == pytest.approx(math.sqrt(20 / 64 / 3) / 2)
+  assert eval_lib.paired_gain([0.5], [1.0]) == {'mean': 0.5, 'paired_se': None}   # one prompt: no spread
+  assert eval_lib.paired_gain([0.1, 0.2], [0.1, 0.2]) == {'mean': 0.0, 'paired_se': 0.0}
+  for before, after in [([0.1, 0.2], [0.1]), ([], [])]:
+    with pytest.raises(ValueError, match='paired_gain'):
+      eval_lib.paired_gain(before, after)
+
+
+def test_early_stopping_picks_the_best_step_earliest_on_ties():
+  assert eval_lib.early_stopping_step([(0, 0.672), (25, 0.734), (50, 0.715), (75, 0.750), (150, 0.633)]) == 75
+  assert eval_lib.early_stopping_step([(0, 0.5), (25, 0.7), (50, 0.7), (75, 0.2)]) == 25
+  assert eval_lib.early_stopping_step([(0, 0.9), (25, 0.1)]) == 0   # training never helped: keep the start
+  assert eval_lib.early_stopping_step([(50, 0.7), (25, 0.7)]) == 25   # earliest step, whatever the order
+  with pytest.raises(ValueError, match='early_stopping_step'):
+    eval_lib.early_stopping_step([])
 
 
 def bigram_checkpoint(path, completion: str):
@@ -109,7 +188,7 @@ def bigram_checkpoint(path, completion: str):
   Layers are zero (attention and MLP add nothing), the embedding is the identity and the LM head the bigram
   table with logit gap 100 * sqrt(D): sampling at temperature 1 is as good as greedy."""
   cfg = model.Config(vocab_size=128, d_model=128, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=2, mlp_dim=2)
-  ids = {c: i for i, c in enumerate(model.CHAR_VOCAB)}
+  ids = {c: i for i, c in enumerate(hf.CHAR_VOCAB)}
   eos = ids['<eos>']
   params = jax.tree.map(np.zeros_like, jax.tree.map(np.asarray, model.init_params(cfg, jax.random.key(0))))
   params['embed'] = np.eye(128, dtype=np.float32)
@@ -122,8 +201,8 @@ def bigram_checkpoint(path, completion: str):
     head[ids[src]] = 0
     head[ids[src], ids[dst]] = 100
   params['lm_head'] = head
-  model.save_hf_checkpoint(path, cfg, params)
-  model.build_char_tokenizer(path)
+  hf.save_checkpoint(path, cfg, params)
+  hf.build_char_tokenizer(path)
 
 
 @pytest.mark.slow
@@ -134,18 +213,42 @@ def test_cli_end_to_end(tmp_path):
   questions.write_text(''.join(json.dumps({'question': f'Q{i}', 'answer': a}) + '\n' for i, a in
                                enumerate(['7', '7', '8'])))
   out = tmp_path / 'res.json'
-  cmd = [sys.executable, os.path.join(ROOT, 'eval.py'), f'--model={workdir}', f'--data={questions}', '--k=4',
-         '--max_new_tokens=16', f'--out={out}', '--records', '--batch_prompts=2']
+  cmd = [sys.executable, os.path.join(ROOT, 'eval.py'), f'--model={workdir}', f'--data={questions}',
+         '--eval_samples=4', '--max_new_tokens=16', f'--out={out}', '--records', '--batch_prompts=2']
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   res = json.loads(out.read_text())
   assert [r['completions'] for r in res['records']] == [['\\boxed{7}'] * 4] * 3
   assert (res['avg@k'], res['maj@k'], res['pass@k'], res['parse_rate']) == pytest.approx((2 / 3, 2 / 3, 2 / 3, 1))
   assert res['k'] == 4 and res['num_prompts'] == 3 and res['model'] == str(workdir / 'hf')
+  assert res['per_prompt'] == [1, 1, 0]
   assert 'avg@4' in proc.stdout and 'prompts/s' in proc.stdout
 
-  # Bad flags name the flag (checked before any model is loaded).
-  nothing = f'--model={tmp_path}/nothing'
-  for flag, message in [('--k=0', '--k=0 must be >= 1'), (nothing, nothing + ': no config.json')]:
+  # Bad flags name the flag (checked before any model is loaded); the old names are unknown flags.
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  for flag, message in [('--eval_samples=0', '--eval_samples=0 must be >= 1'),
+                        (f'--model={empty}', f'--model={empty}: no config.json'),
+                        (f'--model={tmp_path}/no/such/dir', f'--model={tmp_path}/no/such/dir'),
+                        (f'--data={tmp_path}/none.jsonl', f'--data={tmp_path}/none.jsonl'),
+                        ('--k=4', "Unknown command line flag 'k'")]:
     proc = subprocess.run(cmd + [flag], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode != 0 and message in proc.stderr, (flag, proc.stderr[-2000:])
+
+
+@pytest.mark.slow
+def test_cli_on_the_shipped_checkpoint(tmp_path):
+  """The warm start in assets/ as shipped (its own tokenizer files), greedy on sums of two one-digit numbers, the
+  easiest level it learned: every sample of a prompt is the same, so avg@k, maj@k and pass@k agree per prompt."""
+  out = tmp_path / 'res.json'
+  cmd = [sys.executable, os.path.join(ROOT, 'eval.py'), f'--model={os.path.join(ROOT, "assets", "tiny-chain-sum")}',
+         '--data=rg:chain_sum:min_terms=2,max_terms=2,max_digits=1', '--eval_prompts=16', '--eval_samples=2',
+         '--temperature=0', f'--out={out}', '--records']
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = json.loads(out.read_text())
+  assert res['num_prompts'] == 16 and res['k'] == 2 and len(res['per_prompt']) == 16
+  for r, avg in zip(res['records'], res['per_prompt']):
+    assert r['completions'][0] == r['completions'][1]
+    assert avg == r['label_correct'] == max(r['correct'])
+  assert res['parse_rate'] == 1.0 and res['avg@k'] >= 0.75, res['avg@k']   # measured: 1.0

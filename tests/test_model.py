@@ -1,7 +1,8 @@
-"""model.py against the reference: transformers' PyTorch Qwen2ForCausalLM on the same random weights."""
+"""model.py's math: the cached decode and padded rows against the plain forward pass, per family; the rotary
+frequencies against transformers' own function; the presets' parameter counts against the model cards.
+(Logits against transformers' PyTorch models on the same weights: tests/test_hf.py.)"""
 import dataclasses
-import json
-import os
+import math
 
 import jax
 import jax.numpy as jnp
@@ -9,68 +10,20 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from transformers import modeling_rope_utils
 
 import model
 
 forward = jax.jit(model.forward, static_argnums=1)
 
-# Small configs that differ in GQA ratio, head dim, tied/untied embeddings, q/k/v bias and RoPE theta.
-HF_CONFIGS = {
-    'gqa2_tied': dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                      tie_word_embeddings=True, rope_theta=10000.0),
-    'mha_untied': dict(hidden_size=48, num_attention_heads=3, num_key_value_heads=3, head_dim=16,
-                       tie_word_embeddings=False, rope_theta=1e6),
-    'gqa4_wide_head': dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
-                           tie_word_embeddings=False, rope_theta=500.0),
-    'mqa': dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=1, head_dim=8,
-                tie_word_embeddings=True, rope_theta=10000.0),
+# The flags of each family (and of the variants the configs can ask for), on a tiny shape.
+FAMILIES = {
+    'qwen2': dict(),
+    'qwen3': dict(family='qwen3', qkv_bias=False, qk_norm=True),
+    'qwen3_bias': dict(family='qwen3', qkv_bias=True, o_bias=True, qk_norm=True),
+    'llama': dict(family='llama', qkv_bias=False, rope_theta=500000.0, rope_scaling=(8.0, 1.0, 4.0, 8)),
+    'llama_mha': dict(family='llama', qkv_bias=False, num_kv_heads=4),
 }
-
-
-def make_hf(tmp_path, name, seed=0, **overrides):
-  kw = dict(vocab_size=97, intermediate_size=80, num_hidden_layers=2, rms_norm_eps=1e-6,
-            max_position_embeddings=256, use_sliding_window=False)
-  kw.update(HF_CONFIGS[name])
-  kw.update(overrides)
-  torch.manual_seed(seed)
-  hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kw)).eval()
-  with torch.no_grad():  # the default init leaves biases at zero: randomise them so the bias path is checked
-    for n, p in hf.named_parameters():
-      if n.endswith('bias') or 'norm' in n:
-        p.add_(0.1 * torch.randn_like(p))
-  path = str(tmp_path / name)
-  hf.save_pretrained(path)
-  return hf, path
-
-
-def hf_logits(hf, tokens, attention_mask=None):
-  with torch.no_grad():
-    kw = {} if attention_mask is None else {'attention_mask': torch.tensor(attention_mask)}
-    return hf(torch.tensor(tokens), **kw).logits.float().numpy()
-
-
-TOKENS = np.random.RandomState(0).randint(0, 97, size=(3, 21))
-
-
-@pytest.mark.parametrize('name', sorted(HF_CONFIGS))
-def test_logits_equal_transformers(tmp_path, name):
-  hf, path = make_hf(tmp_path, name)
-  cfg, params = model.load_hf_checkpoint(path)
-  assert cfg.tie_embeddings == HF_CONFIGS[name]['tie_word_embeddings']
-  ours = np.asarray(model.logits(params, cfg, jnp.asarray(TOKENS)))
-  ref = hf_logits(hf, TOKENS)
-  diff = np.abs(ours - ref).max()
-  print(f'{name}: max |logit diff| = {diff:.2e}')
-  assert diff < 1e-4
-
-
-def test_untied_head_is_used(tmp_path):
-  """Guard against a test that would pass with the head ignored: perturbing lm_head must change logits."""
-  hf, path = make_hf(tmp_path, 'mha_untied')
-  cfg, params = model.load_hf_checkpoint(path)
-  a = model.logits(params, cfg, jnp.asarray(TOKENS))
-  params['lm_head'] = params['lm_head'] * 2
-  assert np.abs(np.asarray(model.logits(params, cfg, jnp.asarray(TOKENS)) - a)).max() > 1e-2
 
 
 def tiny_cfg(**kw):
@@ -80,18 +33,19 @@ def tiny_cfg(**kw):
 
 
 def random_params(cfg, seed=0):
-  params = model.init_params(cfg, jax.random.key(seed))
-  # Non-trivial norms and biases, and larger weights so that errors show up in the logits.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  leaves = [l + 0.1 * jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)]
-  return jax.tree.unflatten(tree, leaves)
+  """Norms 1 + noise, biases and weights normal with std 0.1 (peaked, varied logits, so errors show), drawn with
+  numpy: model.init_params would compile for each config."""
+  rng = np.random.RandomState(seed)
+  def leaf(path, shape):
+    return jnp.asarray(('norm' in jax.tree_util.keystr(path)) + 0.1 * rng.standard_normal(shape), jnp.float32)
+  return jax.tree_util.tree_map_with_path(leaf, model.param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
 
 
-def test_cached_decode_equals_full_forward():
-  cfg = tiny_cfg()
+@pytest.mark.parametrize('family', ['qwen2', 'qwen3_bias', 'llama'])   # every part of every family
+def test_cached_decode_equals_full_forward(family):
+  cfg = tiny_cfg(**FAMILIES[family])
   params = random_params(cfg)
-  tokens = jnp.asarray(np.random.RandomState(1).randint(0, 61, size=(2, 12)))
+  tokens = jnp.asarray(np.random.RandomState(1).randint(0, 61, size=(2, 12)))   # 12 > llama's original 8
   full = np.asarray(model.logits(params, cfg, tokens))
   B, T = tokens.shape
   cache = model.init_cache(cfg, B, 16)
@@ -154,136 +108,86 @@ def test_left_padded_cached_decode_equals_alone():
     assert np.abs(got - alone).max() < 1e-5
 
 
-def test_round_trip_through_transformers(tmp_path):
-  cfg = tiny_cfg(tie_embeddings=False, rope_theta=1e5)
+def test_family_parts_are_used():
+  """Guards against tests that would pass with a family's part ignored: dropping the q/k norm weights, the o bias or
+  the rope scaling changes the logits by far more than the 1e-4 the transformers comparisons allow."""
+  tokens = jnp.asarray(np.random.RandomState(4).randint(0, 61, size=(2, 24)))
+  cfg = tiny_cfg(**FAMILIES['qwen3_bias'])
   params = random_params(cfg)
-  path = str(tmp_path / 'ours')
-  model.save_hf_checkpoint(path, cfg, params)
-  hf = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
-  tokens = np.random.RandomState(4).randint(0, 61, size=(2, 10))
-  ours = np.asarray(model.logits(params, cfg, jnp.asarray(tokens)))
-  assert np.abs(hf_logits(hf, tokens) - ours).max() < 1e-4
-  cfg2, params2 = model.load_hf_checkpoint(path)
-  assert cfg2 == cfg
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, params2)
-
-
-def test_bfloat16_round_trip(tmp_path):
-  cfg = tiny_cfg(param_dtype='bfloat16', dtype='bfloat16')
+  base = np.asarray(model.logits(params, cfg, tokens))
+  for name in ('q_norm', 'k_norm', 'o_bias'):
+    other = jax.tree.map(lambda a: a, params)
+    other['layers'][name] = jnp.ones_like(params['layers'][name]) if 'norm' in name else 0 * params['layers'][name]
+    assert np.abs(np.asarray(model.logits(other, cfg, tokens)) - base).max() > 1e-2, name
+  cfg = tiny_cfg(**FAMILIES['llama'])
   params = random_params(cfg)
-  model.save_hf_checkpoint(str(tmp_path), cfg, params)
-  assert json.load(open(tmp_path / 'config.json'))['torch_dtype'] == 'bfloat16'
-  cfg2, params2 = model.load_hf_checkpoint(str(tmp_path))
-  assert params2['embed'].dtype == jnp.bfloat16
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, params2)
+  plain = dataclasses.replace(cfg, rope_scaling=None)
+  diff = np.asarray(model.logits(params, cfg, tokens)) - np.asarray(model.logits(params, plain, tokens))
+  assert np.abs(diff).max() > 1e-2
 
 
-def test_bfloat16_compute_close_to_float32(tmp_path):
-  """bf16 has an 8-bit mantissa (relative rounding 2^-9 = 0.2%) per op. Over a 2-layer model with logits of
-  size ~3, errors compound to a few 1e-2; we require max |diff| < 0.1 and a mean well below that, and
-  that the argmax agrees at >= 95% of positions (exact ties apart, what matters for greedy sampling)."""
-  hf, path = make_hf(tmp_path, 'gqa2_tied')
-  cfg, params = model.load_hf_checkpoint(path)
-  tokens = jnp.asarray(np.random.RandomState(5).randint(0, 97, size=(4, 32)))
-  f32 = np.asarray(model.logits(params, cfg, tokens))
-  cfg16 = dataclasses.replace(cfg, dtype='bfloat16', param_dtype='bfloat16')
-  p16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
-  b16 = np.asarray(model.logits(p16, cfg16, tokens))
-  assert b16.dtype == np.float32
-  diff = np.abs(b16 - f32)
-  print(f'bf16 vs f32: max {diff.max():.3e} mean {diff.mean():.3e} (logit scale {np.abs(f32).mean():.2f})')
-  assert diff.max() < 0.1 and diff.mean() < 0.02
-  assert (b16.argmax(-1) == f32.argmax(-1)).mean() >= 0.95
+@pytest.mark.parametrize('head_dim,theta,scaling', [(8, 10000.0, None), (128, 1e6, None),
+                                                    (128, 500000.0, (8.0, 1.0, 4.0, 8192)),
+                                                    (16, 500000.0, (8.0, 1.0, 4.0, 8)),
+                                                    (64, 10000.0, (32.0, 2.0, 8.0, 64))])
+def test_rope_frequencies_equal_transformers(head_dim, theta, scaling):
+  """Against transformers' own rope init functions (the llama3 one has three frequency bands; each is hit)."""
+  rope = {'rope_type': 'default', 'rope_theta': theta}
+  if scaling:
+    rope.update(dict(zip(model.LLAMA3_SCALING, scaling)), rope_type='llama3')
+  hf = transformers.LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, head_dim=head_dim,
+                                max_position_embeddings=max(32768, 16 * (scaling or (0,) * 4)[3]), rope_parameters=rope)
+  if scaling:
+    want, _ = modeling_rope_utils.ROPE_INIT_FUNCTIONS['llama3'](hf, torch.device('cpu'))
+  else:
+    want = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+  cfg = tiny_cfg(head_dim=head_dim, rope_theta=theta, rope_scaling=scaling, family='llama', qkv_bias=False)
+  got = model.rope_frequencies(cfg)
+  assert got.dtype == np.float32 and got.shape == (head_dim // 2,)
+  np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
+  if scaling and head_dim >= 64:   # these shapes have all three bands: kept, stretched by factor, interpolated
+    ratio = model.rope_frequencies(dataclasses.replace(cfg, rope_scaling=None)) / got
+    assert np.isclose(ratio, 1).any() and np.isclose(ratio, scaling[0]).any()
+    assert ((ratio > 1.001) & (ratio < scaling[0] * 0.999)).any()
 
 
-def test_config_from_hf_reads_shape(tmp_path):
-  _, path = make_hf(tmp_path, 'gqa4_wide_head')
-  cfg = model.Config.from_hf(path)
-  assert (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rope_theta) == (64, 8, 2, 32, 500.0)
+def test_config_rejects_what_no_family_has():
+  with pytest.raises(ValueError, match='family'):
+    tiny_cfg(family='mistral')
+  with pytest.raises(ValueError, match='qwen2 has q/k/v biases'):
+    tiny_cfg(qkv_bias=False)                                # a qwen2 export would load with zero biases
+  with pytest.raises(ValueError, match='qk_norm'):
+    tiny_cfg(family='llama', qkv_bias=False, qk_norm=True)
+  with pytest.raises(ValueError, match='all of q, k, v, o'):
+    tiny_cfg(family='qwen3', qkv_bias=True, qk_norm=True)
+  with pytest.raises(ValueError, match='rope_scaling'):
+    tiny_cfg(family='llama', qkv_bias=False, rope_scaling=(8.0, 4.0, 1.0, 8))   # low >= high
+  hash(model.PRESETS['llama-3.1-8b'])                         # a static jit argument
 
 
-def test_presets_match_parameter_counts():
-  # Qwen2.5-Math-1.5B has 1.54B parameters and 7B has 7.62B (model cards).
-  count = lambda cfg: sum(int(np.prod(s)) for s in jax.tree.leaves(
-      model.param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple)))
-  assert abs(count(model.PRESETS['qwen2.5-math-1.5b']) / 1.54e9 - 1) < 0.01
-  assert abs(count(model.PRESETS['qwen2.5-math-7b']) / 7.62e9 - 1) < 0.01
+def count(cfg, embeddings=True):
+  total = sum(int(np.prod(s)) for s in jax.tree.leaves(model.param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple)))
+  return total if embeddings else total - cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
 
 
-# ---- bad checkpoint directories: errors that name the file and the tensor
+# (preset, parameters, non-embedding parameters or None, rounding unit): the numbers of the model cards.
+CARDS = [('qwen2.5-math-1.5b', 1.54e9, None, 0.01e9), ('qwen2.5-math-7b', 7.62e9, None, 0.01e9),
+         ('qwen3-4b-base', 4.0e9, 3.6e9, 0.1e9), ('qwen3-14b-base', 14.8e9, 13.2e9, 0.1e9),
+         ('llama-3.1-8b', 8.03e9, None, 0.01e9), ('deepseek-math-7b', 6.91e9, None, 0.01e9)]
 
 
-def test_missing_directory_files(tmp_path):
-  with pytest.raises(FileNotFoundError, match='config.json'):
-    model.load_hf_checkpoint(str(tmp_path))
-  _, path = make_hf(tmp_path, 'mqa')
-  os.remove(os.path.join(path, 'model.safetensors'))
-  with pytest.raises(FileNotFoundError, match='model.safetensors'):
-    model.load_hf_checkpoint(path)
+@pytest.mark.parametrize('name,total,non_embedding,unit', CARDS)
+def test_presets_match_parameter_counts(name, total, non_embedding, unit):
+  cfg = model.PRESETS[name]
+  assert abs(count(cfg) - total) <= unit / 2, count(cfg)
+  if non_embedding:   # Qwen's cards count embedding and LM head as embedding parameters
+    assert abs(count(cfg, embeddings=False) - non_embedding) <= unit / 2, count(cfg, embeddings=False)
+  assert math.isclose(model.rope_frequencies(cfg)[0], 1.0)
 
 
-def test_unsupported_architecture(tmp_path):
-  _, path = make_hf(tmp_path, 'mqa')
-  hf = json.load(open(os.path.join(path, 'config.json')))
-  hf.update(model_type='llama', architectures=['LlamaForCausalLM'])
-  json.dump(hf, open(os.path.join(path, 'config.json'), 'w'))
-  with pytest.raises(ValueError, match=r'config.json.*LlamaForCausalLM.*not supported'):
-    model.load_hf_checkpoint(path)
-
-
-def test_wrong_shape_names_file_and_tensor(tmp_path):
-  _, path = make_hf(tmp_path, 'mqa')
-  hf = json.load(open(os.path.join(path, 'config.json')))
-  hf['intermediate_size'] = 64
-  json.dump(hf, open(os.path.join(path, 'config.json'), 'w'))
-  with pytest.raises(ValueError, match=r'model.safetensors: tensor model.layers.0.mlp.gate_proj.weight has shape'):
-    model.load_hf_checkpoint(path)
-
-
-def test_missing_tensor_and_sharded_index(tmp_path):
-  cfg = tiny_cfg()
-  params = random_params(cfg)
-  path = str(tmp_path)
-  model.save_hf_checkpoint(path, cfg, params)
-  tensors = model._read_safetensors(os.path.join(path, 'model.safetensors'))
-  names = sorted(tensors)
-  half = len(names) // 2
-  # Re-save as two shards with an index, the layout of real multi-file checkpoints.
-  model._write_safetensors(os.path.join(path, 'model-1.safetensors'), {n: tensors[n] for n in names[:half]})
-  model._write_safetensors(os.path.join(path, 'model-2.safetensors'), {n: tensors[n] for n in names[half:]})
-  os.remove(os.path.join(path, 'model.safetensors'))
-  weight_map = {n: 'model-1.safetensors' if i < half else 'model-2.safetensors' for i, n in enumerate(names)}
-  json.dump({'weight_map': weight_map}, open(os.path.join(path, 'model.safetensors.index.json'), 'w'))
-  _, params2 = model.load_hf_checkpoint(path)
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, params2)
-  # Drop one tensor from shard 2: the error names it.
-  gone = names[-1]
-  model._write_safetensors(os.path.join(path, 'model-2.safetensors'), {n: tensors[n] for n in names[half:-1]})
-  with pytest.raises(ValueError, match=f'tensor {gone} is missing'):
-    model.load_hf_checkpoint(path)
-  os.remove(os.path.join(path, 'model-2.safetensors'))
-  with pytest.raises(FileNotFoundError, match='model-2.safetensors'):
-    model.load_hf_checkpoint(path)
-
-
-def test_truncated_safetensors(tmp_path):
-  cfg = tiny_cfg()
-  model.save_hf_checkpoint(str(tmp_path), cfg, random_params(cfg))
-  file = os.path.join(tmp_path, 'model.safetensors')
-  data = open(file, 'rb').read()
-  open(file, 'wb').write(data[:len(data) // 2])
-  with pytest.raises(ValueError, match='model.safetensors: tensor .* truncated'):
-    model.load_hf_checkpoint(str(tmp_path))
-
-
-def test_char_tokenizer_round_trip(tmp_path):
-  model.build_char_tokenizer(str(tmp_path / 'tok'))
-  cfg = tiny_cfg(vocab_size=len(model.CHAR_VOCAB))
-  # Also through an export: next to a qwen2 config.json the tokenizer must still keep every character.
-  model.save_hf_checkpoint(str(tmp_path / 'hf'), cfg, random_params(cfg), tokenizer_dir=str(tmp_path / 'tok'))
-  text = 'Compute 12 - 7 + 3.\n12 - 7 = 5, 5 + 3 = 8. \\boxed{8}'
-  for d in ('tok', 'hf'):
-    tok = model.load_tokenizer(str(tmp_path / d))
-    ids = tok(text, add_special_tokens=False)['input_ids']
-    assert len(ids) == len(text) and tok.decode(ids) == text
-    assert tok.eos_token_id == 1 and tok.pad_token_id == 0
+def test_init_params_of_the_family_parts():
+  cfg = tiny_cfg(**FAMILIES['qwen3_bias'])
+  params = model.init_params(cfg, jax.random.key(0))
+  assert jax.tree.map(jnp.shape, params) == model.param_shapes(cfg)
+  layers = params['layers']
+  assert (layers['q_norm'] == 1).all() and (layers['k_norm'] == 1).all() and (layers['o_bias'] == 0).all()

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+import hf
 import model
 import sample
 
-# The vocabulary of model.build_char_tokenizer, so that generate() shares the other tests' compiled loop.
-CFG = model.Config(vocab_size=len(model.CHAR_VOCAB), d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+# The vocabulary of hf.build_char_tokenizer, so that generate() shares the other tests' compiled loop.
+CFG = model.Config(vocab_size=len(hf.CHAR_VOCAB), d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
                    head_dim=8, mlp_dim=48)
 # Eight prompts (they divide over the 8 fake devices) of lengths 1 to 15: one bucket (16), left-padded.
 PROMPTS = [np.random.RandomState(i).randint(3, CFG.vocab_size, size=n).tolist()
@@ -40,7 +41,23 @@ def full_logits(prompt, completion):
 
 
 def log_softmax(x):
-  return np.asarray(jax.nn.log_softmax(jnp.asarray(x), axis=-1))
+  """Written out in float64: x - max - log sum exp(x - max)."""
+  x = np.asarray(x, np.float64)
+  shifted = x - x.max(-1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def check_statistics(r, rows_logits):
+  """The rollout's entropy and self-certainty per real token against the tempered logits z of the full forward
+  pass, (B, N, V): entropy -sum_v p_v log p_v, self-certainty logsumexp(z) - mean_v z; 0 where masked."""
+  logp = log_softmax(rows_logits)
+  entropy = -(np.exp(logp) * logp).sum(-1)
+  z = np.asarray(rows_logits, np.float64)
+  certainty = z.max(-1) + np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1)) - z.mean(-1)
+  assert r.entropy.dtype == np.float32 and r.self_certainty.dtype == np.float32
+  for got, want in ((r.entropy, entropy), (r.self_certainty, certainty)):
+    assert np.abs(np.where(r.mask, got - want, 0)).max() < 1e-4
+    assert (got[~r.mask] == 0).all()
 
 
 def run(prompts=PROMPTS, **kw):
@@ -63,6 +80,7 @@ def test_greedy_equals_step_by_step_argmax():
       np.testing.assert_array_equal(r.tokens[row], want)
       assert np.abs(r.logprobs[row] - ref).max() < 1e-4
   assert r.mask.all() and (r.lengths == N).all()
+  check_statistics(r, np.stack([full_logits(PROMPTS[row // G], r.tokens[row]) for row in range(len(r.tokens))]))
 
 
 @pytest.mark.parametrize('temperature', [1.0, 0.7])
@@ -72,6 +90,10 @@ def test_logprobs_equal_full_forward(temperature):
     prompt = PROMPTS[row // G]
     ref = log_softmax(full_logits(prompt, r.tokens[row]) / temperature)[np.arange(N), r.tokens[row]]
     assert np.abs(r.logprobs[row] - ref).max() < 1e-4
+  tempered = np.stack([full_logits(PROMPTS[row // G], r.tokens[row]) for row in range(len(r.tokens))]) / temperature
+  check_statistics(r, tempered)
+  if temperature != 1.0:   # the statistics are those of the tempered distribution, which differ from the plain one
+    assert np.abs(r.entropy - check_entropy(tempered * temperature)).max() > 1e-2
   # The documented rescoring recipe: prompt_tokens + tokens through model.forward with positions from valid.
   tokens = np.concatenate([r.prompt_tokens, r.tokens], 1)
   valid = jnp.asarray(np.concatenate([r.prompt_valid, r.mask], 1))
@@ -81,6 +103,11 @@ def test_logprobs_equal_full_forward(temperature):
   rescored = np.take_along_axis(lp, r.tokens[..., None], -1)[..., 0]
   assert np.abs(rescored - r.logprobs).max() < 1e-4
   assert [p[-len(q):].tolist() for p, q in zip(r.prompt_tokens[::G], PROMPTS)] == PROMPTS
+
+
+def check_entropy(logits):
+  logp = log_softmax(logits)
+  return -(np.exp(logp) * logp).sum(-1)
 
 
 def test_segments_equal_the_full_forward():
@@ -139,6 +166,8 @@ def test_eos_masks_pads_and_stops():
     assert r.lengths[row] == length
     np.testing.assert_array_equal(r.tokens[row, :length], free.tokens[row, :length])
     np.testing.assert_array_equal(r.logprobs[row, :length], free.logprobs[row, :length])
+    np.testing.assert_array_equal(r.entropy[row, :length], free.entropy[row, :length])
+    assert (r.entropy[row, length:] == 0).all() and (r.self_certainty[row, length:] == 0).all()
     np.testing.assert_array_equal(r.mask[row], np.arange(N) < length)
     assert (r.tokens[row, length:] == pad).all() and (r.logprobs[row, length:] == 0).all()
     stopped += length < N
@@ -177,9 +206,12 @@ def test_inverse_cdf_sampling_frequencies():
   probs = np.append(NUCLEUS_PROBS, 0.0)
   logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (B, 7))
   u = uniforms(0, B).at[:2].set(jnp.array([1.0, np.finfo(np.float32).tiny]))
-  token, logp = sample.sample_token(logits, u, 1.0, 1.0, greedy=False, nucleus=False)
+  token, logp, entropy, certainty = sample.sample_token(logits, u, 1.0, 1.0, greedy=False, nucleus=False)
   token = np.asarray(token)
   assert 6 not in token
+  # A zero-probability token adds nothing to the entropy (0 log 0 = 0) and makes the self-certainty infinite.
+  np.testing.assert_allclose(np.asarray(entropy), -(NUCLEUS_PROBS * np.log(NUCLEUS_PROBS)).sum(), rtol=1e-5)
+  assert np.isposinf(np.asarray(certainty)).all()
   np.testing.assert_allclose(np.bincount(token, minlength=7) / B, probs, atol=0.015)
   np.testing.assert_allclose(np.asarray(logp), np.log(probs[token]), atol=1e-5)
 
@@ -189,16 +221,16 @@ def test_top_p_draws_only_from_the_nucleus():
   B = 20000
   logits = jnp.broadcast_to(jnp.log(jnp.asarray(NUCLEUS_PROBS, jnp.float32)), (B, 6))
   u = uniforms(0, B).at[0].set(1.0)   # u = 1: the last token of the nucleus, not the one after it
-  token, logp = sample.sample_token(logits, u, 1.0, 0.8, greedy=False, nucleus=True)
+  token, logp, *_ = sample.sample_token(logits, u, 1.0, 0.8, greedy=False, nucleus=True)
   token = np.asarray(token)
   assert set(token.tolist()) == {1, 3, 5} and token[0] == 5
   freq = np.bincount(token, minlength=6) / B
   np.testing.assert_allclose(freq[[3, 1, 5]], NUCLEUS_PROBS[[3, 1, 5]] / 0.85, atol=0.015)
   np.testing.assert_allclose(np.asarray(logp), np.log(NUCLEUS_PROBS[token]), atol=1e-5)   # full distribution
   # top_p below the top token's mass: always the top token; temperature reshapes before the cut.
-  token, _ = sample.sample_token(logits, uniforms(1, B), 1.0, 0.1, greedy=False, nucleus=True)
+  token, *_ = sample.sample_token(logits, uniforms(1, B), 1.0, 0.1, greedy=False, nucleus=True)
   assert (np.asarray(token) == 3).all()
-  token, _ = sample.sample_token(logits, uniforms(2, B), 0.25, 0.9, greedy=False, nucleus=True)
+  token, *_ = sample.sample_token(logits, uniforms(2, B), 0.25, 0.9, greedy=False, nucleus=True)
   assert set(np.asarray(token).tolist()) == {1, 3}   # p^4: 0.40^4, 0.30^4 hold > 0.9 of the mass
 
 
@@ -245,23 +277,42 @@ def test_sharded_equals_unsharded(shape, names, types):
 
 
 def test_generate_text(tmp_path):
-  tok = model.build_char_tokenizer(str(tmp_path))
+  hf.build_char_tokenizer(str(tmp_path))
+  text = hf.Text.load(str(tmp_path), chat_template=True)   # the char tokenizer has no template: raw prompts
+  tok = text.tokenizer
   prompts = ['2+3=', 'What is 12-7?', 'x', 'Compute 4*4.', 'abc', '1+1+1=', 'Say hi', '99-9=']   # <= 14 chars
-  texts, r, prompt_ids = sample.generate(PARAMS, CFG, tok, prompts, num_samples=G, max_new_tokens=N,
-                                         temperature=1.0, key=jax.random.key(0), chat_template=True,
-                                         return_rollout=True)
-  assert prompt_ids == [tok(p)['input_ids'] for p in prompts]   # no chat template: the raw prompt
-  assert sample.eos_ids_of(tok) == [1]
+  texts, r, prompt_ids = sample.generate(PARAMS, CFG, text, prompts, num_samples=G, max_new_tokens=N,
+                                         temperature=1.0, key=jax.random.key(0), return_rollout=True)
+  assert prompt_ids == [tok(p)['input_ids'] for p in prompts]
+  assert text.stop_ids == [1]
   tokens, lengths = np.asarray(r.tokens), np.asarray(r.lengths)
   for i, group in enumerate(texts):
     assert len(group) == G
-    for g, text in enumerate(group):
+    for g, out in enumerate(group):
       ids = tokens[i * G + g, :lengths[i * G + g]].tolist()
-      assert text == tok.decode([t for t in ids if t != 1]) and 1 not in ids[:-1]
-  assert texts == sample.generate(PARAMS, CFG, tok, prompts, num_samples=G, max_new_tokens=N, temperature=1.0,
-                                  key=jax.random.key(0))
+      assert out == tok.decode([t for t in ids if t != 1], skip_special_tokens=True) and 1 not in ids[:-1]
+  assert texts == sample.generate(PARAMS, CFG, hf.Text(tok, [1]), prompts, num_samples=G, max_new_tokens=N,
+                                  temperature=1.0, key=jax.random.key(0))
   # With a chat template, each prompt is wrapped as a user turn before tokenizing.
   tok.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
-  _, _, wrapped = sample.generate(PARAMS, CFG, tok, prompts, num_samples=G, max_new_tokens=N, temperature=1.0,
-                                  key=jax.random.key(0), chat_template=True, return_rollout=True)
+  _, _, wrapped = sample.generate(PARAMS, CFG, text, prompts, num_samples=G, max_new_tokens=N, temperature=1.0,
+                                  key=jax.random.key(0), return_rollout=True)
   assert wrapped == [tok(f'[{p}]')['input_ids'] for p in prompts]
+
+
+# A Qwen3 with q/k/v/o biases and Llama 3 rope scaling (original length 8, sequences up to 23): every branch of
+# decode_step a family can take, in one compiled loop.
+FAMILY_CFG = dataclasses.replace(CFG, family='qwen3', qkv_bias=True, o_bias=True, qk_norm=True,
+                                 rope_theta=500000.0, rope_scaling=(8.0, 1.0, 4.0, 8))
+
+
+def test_family_parts_in_the_decode_step():
+  params = random_params(FAMILY_CFG, seed=3)
+  r = jax.tree.map(np.asarray, sample.sample(params, FAMILY_CFG, PROMPTS, num_samples=G, max_new_tokens=N,
+                                             temperature=1.0, key=jax.random.key(5), eos_ids=[]))
+  tokens = np.concatenate([r.prompt_tokens, r.tokens], 1)
+  valid = jnp.asarray(np.concatenate([r.prompt_valid, r.mask], 1))
+  out, _ = model.forward(params, FAMILY_CFG, jnp.asarray(tokens), model.positions_from_valid(valid), valid)
+  logits = np.asarray(out)[:, r.prompt_tokens.shape[1] - 1:-1]
+  assert np.abs(np.take_along_axis(log_softmax(logits), r.tokens[..., None], -1)[..., 0] - r.logprobs).max() < 1e-4
+  check_statistics(r, logits)

@@ -13,7 +13,10 @@ from jax.sharding import PartitionSpec as P
 
 import model
 import sample
+import sharding
 import train
+import update
+import workdir as wd_lib
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench'))
 import plan  # noqa: E402
@@ -24,8 +27,8 @@ MESHES = ((2, 4, 1), (1, 2, 4))
 
 
 def rules_spec(axes):
-  """What the rules table says for a leaf with these logical axes, read off train.RULES directly."""
-  return P(*[train.RULES.get(a) if a else None for a in axes])
+  """What the rules table says for a leaf with these logical axes, read off sharding.RULES directly."""
+  return P(*[sharding.RULES.get(a) if a else None for a in axes])
 
 
 def random_batch(rows, Tp=4, N=6, V=64, seed=0):
@@ -38,22 +41,18 @@ def random_batch(rows, Tp=4, N=6, V=64, seed=0):
           'row_weight': (rng.rand(rows) > 0.25).astype(np.float32)}   # some unlabelled prompts: weight 0
 
 
-def one_step(mesh_sizes, params, batch, rl, micro_batches=1):
-  """train.run's placement (parameters, AdamW state) and one step; returns (state, aux)."""
-  mesh = train.make_mesh(mesh_sizes)
-  p_shard = train.param_shardings(CFG, mesh)
-  opt = train.make_optimizer(rl, rl.learning_rate)
-  replicated = jax.sharding.NamedSharding(mesh, P())
-  opt_shard = train.optax.tree_map_params(opt, lambda _, s: s, jax.eval_shape(opt.init, params), p_shard,
-                                          transform_non_params=lambda _: replicated)
-  shardings = {'params': p_shard, 'opt_state': opt_shard}
-  params = jax.device_put(jax.tree.map(jnp.copy, params), p_shard)   # the step donates its input
-  state = {'params': params, 'opt_state': jax.jit(opt.init, out_shardings=opt_shard)(params)}
-  step = train.make_train_step(CFG, rl, opt, train.policy_loss, shardings, mesh, micro_batches)
-  return step(state, train.global_batch(batch, mesh))
+def one_step(mesh_sizes, params, batch, micro_batches=1):
+  """train.py's placement (parameters, AdamW state) and one step; returns (state, aux)."""
+  mesh = sharding.make_mesh(mesh_sizes)
+  opt = update.make_optimizer(LR)
+  shardings = sharding.state_shardings(opt, params, sharding.param_shardings(CFG, mesh), mesh)
+  state = sharding.init_state(opt, params, shardings)
+  step = update.make_train_step(CFG, LOSS, opt, shardings, mesh, micro_batches)
+  return step(state, sharding.global_batch(batch, mesh))
 
 
-RL = train.RLConfig(learning_rate=1e-2, kl_coef=0.1, advantage='grpo', entropy_coef=0.01)
+LR = 1e-2
+LOSS = train.loss_fn(train.RLConfig(kl_coef=0.1, entropy_coef=0.01), 'loss')
 
 
 @pytest.fixture(scope='module')
@@ -61,7 +60,7 @@ def steps():
   """One step on each mesh: on (2, 4, 1) over the whole batch, on (1, 2, 4) in 4 micro-batches of 8 rows."""
   params = model.init_params(CFG, jax.random.key(0))
   batch = random_batch(32)
-  return {MESHES[0]: one_step(MESHES[0], params, batch, RL), MESHES[1]: one_step(MESHES[1], params, batch, RL, 4)}
+  return {MESHES[0]: one_step(MESHES[0], params, batch), MESHES[1]: one_step(MESHES[1], params, batch, 4)}
 
 
 def test_parameters_and_optimizer_state_follow_the_rules_on_two_meshes(steps):
@@ -97,9 +96,9 @@ def test_micro_batches_on_another_mesh_give_the_same_update(steps):
 def test_micro_batches_must_divide():
   rl = train.RLConfig(num_prompts=4, num_samples=4)
   with pytest.raises(train.FlagError, match='--micro_batches=4: 16 rows do not split into 4 slices'):
-    train.validate(rl, train.DataConfig(), train.RunConfig(mesh=(2, 4, 1), micro_batches=4))
+    train.validate(rl, train.DataConfig(), train.RunConfig(mesh='2,4,1', micro_batches=4), 8)
   with pytest.raises(ValueError, match='does not divide over mesh axes'):
-    train.global_batch(random_batch(12), train.make_mesh((2, 4, 1)))
+    sharding.global_batch(random_batch(12), sharding.make_mesh((2, 4, 1)))
 
 
 def test_chunked_head_and_attention_equal_the_plain_ones(monkeypatch):
@@ -114,15 +113,16 @@ def test_chunked_head_and_attention_equal_the_plain_ones(monkeypatch):
 
   def run():   # traced again after the patches below (a new function each call)
     def f(p):
-      logp, ent = train.token_logprobs(p, cfg, b['prompt_tokens'], b['prompt_valid'], b['tokens'], b['mask'], 0.7)
+      logp, ent = update.token_logprobs(p, cfg, b['prompt_tokens'], b['prompt_valid'], b['tokens'], b['mask'], 0.7)
       return (logp * b['mask']).sum() + 0.1 * ent.sum(), (logp, ent)
     # log_softmax written out, from the plain logits (rows without padding, so they see what the loss sees)
-    full = lambda p: jax.nn.log_softmax(model.forward(p, cfg, seq, jnp.broadcast_to(jnp.arange(seq.shape[1]), seq.shape),
+    positions = jnp.broadcast_to(jnp.arange(seq.shape[1]), seq.shape)
+    full = lambda p: jax.nn.log_softmax(model.forward(p, cfg, seq, positions,
                                                       jnp.ones(seq.shape, bool))[0][:, 4:-1] / 0.7)
     return jax.jit(lambda p: (jax.grad(f, has_aux=True)(p), full(p)))(params)
 
   (grads, (logp, ent)), full = run()
-  monkeypatch.setattr(train, 'HEAD_CHUNK', 4)
+  monkeypatch.setattr(update, 'HEAD_CHUNK', 4)
   monkeypatch.setattr(model, 'ATTN_CHUNK', 3)
   (grads_c, (logp_c, ent_c)), _ = run()
   np.testing.assert_allclose(logp_c, logp, atol=1e-5)
@@ -144,45 +144,40 @@ def test_sampler_rows_and_cache_split_over_the_batch_axes():
   prompts = [[3, 4, 5], [6, 7]]
   kw = dict(num_samples=8, max_new_tokens=5, temperature=1.0, key=jax.random.key(3), eos_ids=[])
   want = sample.sample(params, cfg, prompts, **kw)
-  mesh = train.make_mesh((2, 4, 1))
-  got = sample.sample(jax.device_put(params, train.param_shardings(cfg, mesh)), cfg, prompts, mesh=mesh,
-                      batch_axes=train.RULES['batch'], **kw)
+  mesh = sharding.make_mesh((2, 4, 1))
+  got = sample.sample(jax.device_put(params, sharding.param_shardings(cfg, mesh)), cfg, prompts, mesh=mesh,
+                      batch_axes=sharding.RULES['batch'], **kw)
   assert got.tokens.sharding.spec == P(('data', 'fsdp'))
   assert {s.data.shape[0] for s in got.tokens.addressable_shards} == {2}   # 16 rows, 2 per device
   np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
   np.testing.assert_allclose(np.asarray(got.logprobs), np.asarray(want.logprobs), atol=1e-5)
   with pytest.raises(ValueError, match='2 prompts x 3 samples do not divide over the 8-way data x fsdp axes'):
-    sample.sample(params, cfg, prompts, mesh=mesh, batch_axes=train.RULES['batch'], **dict(kw, num_samples=3))
+    sample.sample(params, cfg, prompts, mesh=mesh, batch_axes=sharding.RULES['batch'], **dict(kw, num_samples=3))
 
 
 def test_checkpoint_written_on_one_mesh_restores_onto_another(tmp_path):
-  """train.run's checkpoint layout, written from a (2, 4, 1) mesh, read onto (1, 2, 4) and (8, 1, 1) by giving
+  """train.py's checkpoint layout, written from a (2, 4, 1) mesh, read onto (1, 2, 4) and (8, 1, 1) by giving
   the target shardings: the same logits."""
   params = model.init_params(CFG, jax.random.key(4))
   tokens = jnp.asarray(np.random.RandomState(0).randint(0, 64, (8, 12)), jnp.int32)
   want = np.asarray(model.logits(params, CFG, tokens))
-  src = jax.device_put(params, train.param_shardings(CFG, train.make_mesh((2, 4, 1))))
-  mngr = train.checkpoint_manager(str(tmp_path))
-  mngr.save(3, args=train.ocp.args.Composite(state=train.ocp.args.StandardSave({'params': src}),
-                                             meta=train.ocp.args.JsonSave({'data_pos': 24, 'step': 3})), force=True)
-  mngr.wait_until_finished()
+  src = jax.device_put(params, sharding.param_shardings(CFG, sharding.make_mesh((2, 4, 1))))
+  wd_lib.save(wd_lib.checkpoint_manager(str(tmp_path)), 3, {'params': src}, 24)
   for sizes in ((1, 2, 4), (8, 1, 1)):
-    shardings = train.param_shardings(CFG, train.make_mesh(sizes))
-    target = {'params': jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), params,
-                                     shardings)}
-    restored = train.checkpoint_manager(str(tmp_path)).restore(3, args=train.ocp.args.Composite(
-        state=train.ocp.args.StandardRestore(target), meta=train.ocp.args.JsonRestore()))
-    got = restored['state']['params']
+    shardings = sharding.param_shardings(CFG, sharding.make_mesh(sizes))
+    target = {'params': jax.device_put(jax.tree.map(jnp.zeros_like, params), shardings)}
+    state, step, data_pos = wd_lib.restore(wd_lib.checkpoint_manager(str(tmp_path)), target)
+    got = state['params']
     assert jax.tree.map(lambda a: a.sharding, got) == shardings
-    assert restored['meta']['data_pos'] == 24
+    assert (step, data_pos) == (3, 24)
     np.testing.assert_allclose(np.asarray(model.logits(got, CFG, tokens)), want, atol=1e-5)
 
 
 def test_global_batch_places_each_processes_rows():
-  mesh = train.make_mesh((2, 4, 1))
+  mesh = sharding.make_mesh((2, 4, 1))
   batch = random_batch(16)
-  got = train.global_batch(batch, mesh)
-  assert train.process_rows(mesh, 16) == slice(0, 16)   # one process holds every row
+  got = sharding.global_batch(batch, mesh)
+  assert sharding.process_rows(mesh, 16) == slice(0, 16)   # one process holds every row
   for k, v in batch.items():
     assert got[k].sharding.spec[0] == ('data', 'fsdp') and got[k].shape == v.shape
     np.testing.assert_array_equal(np.asarray(got[k]), v)
@@ -218,32 +213,29 @@ jax.config.update('jax_cpu_collectives_implementation', 'gloo')
 jax.distributed.initialize(f'localhost:{sys.argv[2]}', num_processes=2, process_id=int(sys.argv[1]))
 sys.path[:0] = [sys.argv[3], os.path.join(sys.argv[3], 'tests')]
 import numpy as np
-import model, train
-from test_scale import CFG, RL, random_batch
-mesh = train.make_mesh((2, 4, 1))                  # 8 devices, 4 on each process
+import model, sharding, update
+from test_scale import CFG, LOSS, LR, random_batch
+mesh = sharding.make_mesh((2, 4, 1))               # 8 devices, 4 on each process
 batch = random_batch(16)                           # the same rows on both processes (same seed)
 params = model.init_params(CFG, jax.random.key(0))
-want_loss, want_aux = jax.jit(lambda p, b: train.policy_loss(p, CFG, RL, b))(params, batch)   # this process alone
-opt = train.make_optimizer(RL, RL.learning_rate)
-p_shard = train.param_shardings(CFG, mesh)
-replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-opt_shard = train.optax.tree_map_params(opt, lambda _, s: s, jax.eval_shape(opt.init, params), p_shard,
-                                        transform_non_params=lambda _: replicated)
+want_loss, want_aux = jax.jit(lambda p, b: LOSS(p, CFG, b))(params, batch)   # this process alone
+opt = update.make_optimizer(LR)
+shardings = sharding.state_shardings(opt, params, sharding.param_shardings(CFG, mesh), mesh)
 put = lambda tree, shardings: jax.tree.map(
     lambda a, s: jax.make_array_from_callback(a.shape, s, lambda i: np.asarray(a)[i]), tree, shardings)
-state = {'params': put(params, p_shard)}
-state['opt_state'] = jax.jit(opt.init, out_shardings=opt_shard)(state['params'])
-step = train.make_train_step(CFG, RL, opt, train.policy_loss, {'params': p_shard, 'opt_state': opt_shard}, mesh, 2)
-state, aux = step(state, train.global_batch(batch, mesh))
-print(json.dumps({'rows': str(train.process_rows(mesh, 16)), 'loss': float(aux['loss']), 'want': float(want_loss),
-                  'q': train.host_array(state['params']['layers']['q']).ravel()[:5].tolist()}))
+state = {'params': put(params, shardings['params'])}
+state['opt_state'] = jax.jit(opt.init, out_shardings=shardings['opt_state'])(state['params'])
+step = update.make_train_step(CFG, LOSS, opt, shardings, mesh, 2)
+state, aux = step(state, sharding.global_batch(batch, mesh))
+print(json.dumps({'rows': str(sharding.process_rows(mesh, 16)), 'loss': float(aux['loss']), 'want': float(want_loss),
+                  'q': sharding.host_array(state['params']['layers']['q']).ravel()[:5].tolist()}))
 '''
 
 
 @pytest.mark.slow
 def test_two_processes_share_one_step(tmp_path):
   """Multi-host, simulated: two processes of 4 CPU devices each (jax.distributed over localhost, gloo collectives).
-  Each gives the step its own 8 rows through train.global_batch; both see the loss one process computes alone,
+  Each gives the step its own 8 rows through sharding.global_batch; both see the loss one process computes alone,
   and the same updated weights."""
   import socket
   import subprocess
@@ -262,3 +254,51 @@ def test_two_processes_share_one_step(tmp_path):
   for g in got:
     assert abs(g['loss'] - g['want']) < 1e-5
   np.testing.assert_allclose(got[0]['q'], got[1]['q'])
+
+
+@pytest.mark.slow
+def test_two_processes_run_to_the_end_and_write_once(tmp_path):
+  """train.py --distributed in two processes of 2 CPU devices each (localhost, gloo): both run the same steps on
+  one 4-device mesh, the held-out evaluation works on parameters spread over both, and one set of logs, one
+  summary and one Hugging Face export are written (by process 0), which loads and matches the checkpoint."""
+  import json
+  import socket
+  import subprocess
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  wd = str(tmp_path / 'run')
+  args = ['--distributed', '--mode=self', '--steps=2', '--num_prompts=4', '--num_samples=4', '--max_new_tokens=24',
+          '--eval_prompts=8', '--eval_samples=2',
+          '--data=rg:chain_sum:min_terms=2,max_terms=2,min_digits=1,max_digits=1',
+          '--data_size=64', f'--model={os.path.join(root, "assets", "tiny-chain-sum")}', f'--workdir={wd}']
+  base = {k: v for k, v in os.environ.items() if not k.startswith('XLA_')}
+  procs = [subprocess.Popen([sys.executable, os.path.join(root, 'train.py'), *args], cwd=root, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(base, JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='2', PYTHONUNBUFFERED='1',
+                                     JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
+                                     JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
+                                     JAX_PROCESS_ID=str(i))) for i in range(2)]
+  outs = [p.communicate(timeout=900)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), [o[-3000:] for o in outs]
+  assert 'devices: 4 x cpu, mesh data=1 fsdp=4 tensor=1, 2 processes' in outs[0]
+  assert 'step 2/2' in outs[0] and 'step 2/2' not in outs[1]          # process 0 alone reports and writes
+  assert 'wrote metrics.jsonl' in outs[0] and 'wrote metrics.jsonl' not in outs[1]
+  assert [r['step'] for r in wd_lib.read_jsonl(os.path.join(wd, 'metrics.jsonl'))] == [1, 2]   # not twice
+  assert len(wd_lib.read_jsonl(os.path.join(wd, 'trace.jsonl'))) == 2 * 2
+  summary = json.load(open(os.path.join(wd, 'summary.json')))
+  assert summary['steps'] == 2 and 'after' in summary
+  # The export (gathered from both hosts) holds the weights of the last checkpoint, read here on one device.
+  import hf
+  import orbax.checkpoint as ocp
+  _, exported = hf.load_checkpoint(os.path.join(wd, 'hf'))
+  path, ckpt = os.path.join(wd, 'checkpoints', '2', 'state'), ocp.StandardCheckpointer()
+  meta = ckpt.metadata(path)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                        getattr(meta, 'item_metadata', meta))
+  saved = ckpt.restore(path, target)['params']
+  assert len(jax.tree.leaves(exported)) == len(jax.tree.leaves(saved))
+  for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(saved)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,12 +1,13 @@
-"""train.py: the SRT math against numbers worked out by hand, the sharded step against the single-device step,
-and the script itself in subprocesses (every mode, kill-and-resume, bad inputs, NaN)."""
+"""train.py and the SRT math it calls: advantages, KL and loss against numbers worked out by hand; one RL step on
+fixed samples (labels, rewards, refills, KL placement); the sharded update against the single-device update;
+the script itself in subprocesses (every mode, kill-and-resume, bad inputs, NaN, the README's fork example)."""
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +15,14 @@ import numpy as np
 import pytest
 
 import data as data_lib
+import hf
 import model
+import rewards
+import rollouts
+import sharding
 import train
+import update
+import workdir as wd_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = 'rg:chain_sum:min_terms=2,max_terms=2,min_digits=1,max_digits=1'
@@ -25,86 +32,69 @@ TASK = 'rg:chain_sum:min_terms=2,max_terms=2,min_digits=1,max_digits=1'
 
 
 def test_rloo_and_grpo_by_hand():
-  r = jnp.array([[1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+  r = np.array([[1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]], np.float32)
   # RLOO: R_i - mean of the other three. Row 0: 1 - 2/3, 0 - 1, ...; a unanimous row has no advantage.
-  np.testing.assert_allclose(train.advantages(r, 'rloo'), [[1 / 3, -1, 1 / 3, 1 / 3], [0, 0, 0, 0]], atol=1e-6)
+  np.testing.assert_allclose(rewards.rloo(r), [[1 / 3, -1, 1 / 3, 1 / 3], [0, 0, 0, 0]], atol=1e-6)
   # GRPO: mean .75, unbiased std sqrt((3 * .0625 + .5625) / 3) = .5.
-  np.testing.assert_allclose(train.advantages(r, 'grpo'), [[.5, -1.5, .5, .5], [0, 0, 0, 0]], atol=1e-5)
-
-
-def test_kl_in_reward_for_rloo_only():
-  r = jnp.array([[1.0, 0.0, 1.0]])
-  seq_kl = jnp.array([[0.3, 0.0, 0.6]])
-  rloo = train.RLConfig(advantage='rloo', kl_coef=0.5)
-  # Shaped rewards: 1 - .15 = .85, 0, 1 - .3 = .7; RLOO: .85 - .35, 0 - .775, .7 - .425.
-  np.testing.assert_allclose(train.shaped_advantages(r, seq_kl, rloo), [[.5, -.775, .275]], atol=1e-6)
-  grpo = train.RLConfig(advantage='grpo', kl_coef=0.5)
-  np.testing.assert_allclose(train.shaped_advantages(r, seq_kl, grpo), train.advantages(r, 'grpo'), atol=1e-6)
+  np.testing.assert_allclose(rewards.grpo(r), [[.5, -1.5, .5, .5], [0, 0, 0, 0]], atol=1e-5)
 
 
 def test_k3_by_hand():
   # pi = .5, ref = .25: r = .5, k3 = .5 - log .5 - 1 = .19315.
-  np.testing.assert_allclose(train.k3(jnp.log(0.5), jnp.log(0.25)), 0.5 + np.log(2) - 1, rtol=1e-6)
-  assert float(train.k3(jnp.log(0.3), jnp.log(0.3))) == 0.0
+  np.testing.assert_allclose(update.k3(jnp.log(0.5), jnp.log(0.25)), 0.5 + np.log(2) - 1, rtol=1e-6)
+  assert float(update.k3(jnp.log(0.3), jnp.log(0.3))) == 0.0
 
 
-def fake_batch(logp, old_logp, ref_logp, mask, adv, weight=None):
+def fake_batch(old_logp, ref_logp, mask, adv, weight=None):
   mask = np.asarray(mask, np.float32)
   B, N = mask.shape
   return {'prompt_tokens': np.zeros((B, 1), np.int32), 'prompt_valid': np.ones((B, 1), bool),
-          'tokens': np.zeros((B, N), np.int32), 'mask': np.asarray(mask, np.float32),
-          'old_logp': np.asarray(old_logp, np.float32), 'ref_logp': np.asarray(ref_logp, np.float32),
-          'advantages': np.asarray(adv, np.float32),
-          'row_weight': np.ones(B, np.float32) if weight is None else np.asarray(weight, np.float32)}, logp
+          'tokens': np.zeros((B, N), np.int32), 'mask': mask, 'old_logp': np.asarray(old_logp, np.float32),
+          'ref_logp': np.asarray(ref_logp, np.float32), 'advantages': np.asarray(adv, np.float32),
+          'row_weight': np.ones(B, np.float32) if weight is None else np.asarray(weight, np.float32)}
 
 
 @pytest.fixture
 def fixed_logprobs(monkeypatch):
-  """Replace the model's log-probs with given numbers, so the loss can be worked out by hand."""
-  box = {}
-  monkeypatch.setattr(train, 'token_logprobs',
+  """The model's log-probs replaced by given numbers (params['logp']), entropy 2, so the loss is worked out by hand."""
+  monkeypatch.setattr(update, 'token_logprobs',
                       lambda params, cfg, pt, pv, t, m, temp: (params['logp'], jnp.full(t.shape, 2.0)))
-  return box
 
 
-def loss_of(rl, logp, batch):
-  return train.policy_loss({'logp': jnp.asarray(logp, jnp.float32)}, None, rl, batch)
+def loss_of(logp, batch, temperature=1.0, clip_eps=0.2, kl_coef=0.0, entropy_coef=0.0):
+  return update.policy_loss({'logp': jnp.asarray(logp, jnp.float32)}, None, batch, temperature=temperature,
+                            clip_eps=clip_eps, kl_coef=kl_coef, entropy_coef=entropy_coef)
 
 
 def test_policy_loss_token_mean_and_masks(fixed_logprobs):
   mask = [[1, 1, 0], [1, 0, 0]]
   logp = [[-1.0, -2.0, 100.0], [-0.5, 100.0, 100.0]]   # garbage where masked: must not leak (exp(100) = inf)
-  batch, logp = fake_batch(logp, logp, logp, mask, adv=[1.0, -0.5])
-  loss, aux = loss_of(train.RLConfig(), logp, batch)
+  batch = fake_batch(logp, logp, mask, adv=[1.0, -0.5])
+  loss, aux = loss_of(logp, batch)
   # ratio 1 everywhere: per-token -A; tokens: -1, -1, +.5 over 3 response tokens -> -1.5 / 3.
   np.testing.assert_allclose(loss, -0.5, atol=1e-6)
   np.testing.assert_allclose(aux['entropy'], 2.0)
   # A zero-weight row (an unlabelled prompt) leaves the loss and the token count.
   batch['row_weight'] = np.array([1.0, 0.0], np.float32)
-  np.testing.assert_allclose(loss_of(train.RLConfig(), logp, batch)[0], -1.0, atol=1e-6)
+  np.testing.assert_allclose(loss_of(logp, batch)[0], -1.0, atol=1e-6)
 
 
 def test_policy_loss_clipping_by_hand(fixed_logprobs):
-  mask = [[1.0], [1.0]]
   logp = np.log([[0.6], [0.2]])
-  old = np.log([[0.4], [0.4]])   # ratios 1.5 and .5
-  batch, logp = fake_batch(logp, old, logp, mask, adv=[2.0, -1.0])
-  loss, aux = loss_of(train.RLConfig(clip_eps=0.2), logp, batch)
+  batch = fake_batch(np.log([[0.4], [0.4]]), logp, [[1.0], [1.0]], adv=[2.0, -1.0])   # ratios 1.5 and .5
+  loss, aux = loss_of(logp, batch, clip_eps=0.2)
   # Row 0: A > 0, min(1.5 * 2, 1.2 * 2) = 2.4 -> -2.4. Row 1: A < 0, min(.5 * -1, .8 * -1) = -.8 -> +.8.
   np.testing.assert_allclose(loss, (-2.4 + 0.8) / 2, atol=1e-6)
   np.testing.assert_allclose(aux['clip_frac'], 1.0)
 
 
 def test_kl_and_entropy_terms_in_loss(fixed_logprobs):
-  mask = [[1.0, 1.0]]
   logp = np.log([[0.5, 0.5]])
-  ref = np.log([[0.25, 0.5]])
-  batch, logp = fake_batch(logp, logp, ref, mask, adv=[0.0])
+  batch = fake_batch(logp, np.log([[0.25, 0.5]]), [[1.0, 1.0]], adv=[0.0])
   kl_mean = (0.5 + np.log(2) - 1 + 0.0) / 2
-  grpo = train.RLConfig(advantage='grpo', kl_coef=0.1, entropy_coef=0.01)
-  np.testing.assert_allclose(loss_of(grpo, logp, batch)[0], 0.1 * kl_mean - 0.01 * 2.0, atol=1e-6)
-  rloo = train.RLConfig(advantage='rloo', kl_coef=0.1, entropy_coef=0.01)   # KL is in the reward, not here
-  np.testing.assert_allclose(loss_of(rloo, logp, batch)[0], -0.01 * 2.0, atol=1e-6)
+  np.testing.assert_allclose(loss_of(logp, batch, kl_coef=0.1, entropy_coef=0.01)[0], 0.1 * kl_mean - 0.01 * 2.0,
+                             atol=1e-6)
+  np.testing.assert_allclose(loss_of(logp, batch, kl_coef=0.0, entropy_coef=0.01)[0], -0.01 * 2.0, atol=1e-6)
 
 
 def test_token_logprobs_match_a_python_loop():
@@ -115,8 +105,8 @@ def test_token_logprobs_match_a_python_loop():
   comps = [[8, 9, 1], [10, 1, 0]]
   mask = np.array([[1, 1, 1], [1, 1, 0]], np.float32)
   pt = np.array([[3, 4, 5], [0, 6, 7]]); pv = np.array([[1, 1, 1], [0, 1, 1]], bool)
-  logp, _ = train.token_logprobs(params, cfg, jnp.asarray(pt), jnp.asarray(pv), jnp.asarray(comps),
-                                 jnp.asarray(mask), 0.7)
+  logp, _ = update.token_logprobs(params, cfg, jnp.asarray(pt), jnp.asarray(pv), jnp.asarray(comps),
+                                  jnp.asarray(mask), 0.7)
   for i in range(2):
     for t in range(int(mask[i].sum())):
       seq = prompts[i] + comps[i][:t]
@@ -126,92 +116,232 @@ def test_token_logprobs_match_a_python_loop():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# self and gt differ only in labels
+# One RL step on fixed samples: the sampler, the reference scorer and the update replaced; the rest is real code.
+
+N_TOKENS = 4
 
 
-class FakeRollouts(train.Rollouts):
-  """The sampler replaced by fixed completions; everything after sampling is the real code."""
+def make_group(example, answers, old_logp=-1.0, seed=0):
+  n = len(answers)
+  return rollouts.Group(
+      example=example, texts=[f'\\boxed{{{a}}}' if a else 'no idea' for a in answers], answers=list(answers),
+      tokens=np.arange(n * N_TOKENS).reshape(n, N_TOKENS).astype(np.int32) % 7,
+      mask=np.ones((n, N_TOKENS), np.float32), logprobs=np.full((n, N_TOKENS), old_logp, np.float32),
+      entropy=np.ones((n, N_TOKENS), np.float32), self_certainty=np.ones((n, N_TOKENS), np.float32),
+      prompt_tokens=np.ones(2, np.int32), prompt_valid=np.ones(2, bool), verifier=None, seed=seed)
 
-  def __init__(self, rl, answers):
-    super().__init__(None, None, rl, None, None)
-    self.answers = answers
+
+class FakeSampler:
+  def __init__(self, answers, teacher_answers=None):
+    self.answers, self.teacher_answers, self.calls = answers, teacher_answers or {}, []
 
   def sample(self, params, examples, key):
-    G, N = self.rl.num_samples, 4
-    rows = len(examples) * G
-    ro = {'tokens': np.arange(rows * N).reshape(rows, N) % 7, 'logprobs': -np.ones((rows, N), np.float32),
-          'mask': np.ones((rows, N), np.float32), 'lengths': np.full(rows, N),
-          'prompt_tokens': np.ones((rows, 2), np.int32), 'prompt_valid': np.ones((rows, 2), bool)}
-    answers = [a for ex in examples for a in self.answers[ex.question]]
-    return ro, [f'\\boxed{{{a}}}' for a in answers], answers
+    self.calls.append(params)
+    table = self.teacher_answers if params == 'teacher' else self.answers
+    return [make_group(ex, table[ex.question]) for ex in examples]
+
+
+def one_step(rl, answers, examples, *, label_source='policy', kl_in='reward', ref_logp=-1.0, teacher_answers=None):
+  """rl_step with fakes -> (the batch the update received, metrics, sampler)."""
+  got = {}
+
+  def train_step(state, batch):
+    got.update({k: np.asarray(v) for k, v in batch.items()})
+    return state, {'loss': jnp.float32(0)}
+  sampler = FakeSampler(answers, teacher_answers)
+  s = train.Setup(rl=rl, label_source=label_source, kl_in=kl_in, mesh=sharding.make_mesh((1, 1, 1)),
+                  sampler=sampler, train_step=train_step, score=lambda p, b: jnp.full(b['tokens'].shape, ref_logp),
+                  ema=None, ref_params='teacher', trace_prompts=1)
+  it = iter(examples)
+  _, _, m, trace = train.rl_step(s, {'params': 'policy'}, lambda n: [next(it) for _ in range(n)], jax.random.key(0))
+  return got, m, sampler
+
+
+def examples_of(table, answers=None):
+  return [data_lib.Example(question=q, answer=(answers or {}).get(q), prompt=q, target=None) for q in table]
+
+
+def test_label_free_rewards_by_hand():
+  ex = data_lib.Example(question='q', answer='3', prompt='q', target=None)
+  g = make_group(ex, ['3', None, '4'])
+  # Per-token statistics with masks: sample 0 has 2 real tokens, sample 1 has 4, sample 2 has 1; masked entries
+  # hold garbage that must not leak into the means.
+  mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], np.float32)
+  cert = np.array([[2.0, 4.0, 99, 99], [1.0, 1.0, 1.0, 5.0], [0.5, -99, -99, -99]], np.float32)
+  ent = np.array([[0.2, 0.4, 99, 99], [1.0, 0.0, 0.0, 1.0], [0.3, 99, 99, 99]], np.float32)
+  g = dataclasses.replace(g, mask=mask, self_certainty=cert, entropy=ent)
+  np.testing.assert_allclose(rewards.REWARDS['self_certainty'].fn(g), [3.0, 2.0, 0.5], rtol=1e-6)
+  np.testing.assert_allclose(rewards.REWARDS['neg_entropy'].fn(g), [-0.3, -0.5, -0.3], rtol=1e-6)
+  np.testing.assert_array_equal(rewards.REWARDS['format'].fn(g), [1, 0, 1])   # a box that parses, or not
+  # The label-free rewards train on every prompt; the vote's need a label.
+  assert [k for k, r in rewards.REWARDS.items() if not r.needs_label] == ['self_certainty', 'neg_entropy', 'random',
+                                                                           'format']
+
+
+def test_random_reward_is_seeded_and_fair():
+  ex = data_lib.Example(question='q', answer='3', prompt='q', target=None)
+  coin = lambda seed: rewards.REWARDS['random'].fn(make_group(ex, ['3'] * 1000, seed=seed))
+  np.testing.assert_array_equal(coin(7), coin(7))             # the same seed, the same rewards
+  assert (coin(7) != coin(8)).mean() > 0.4                    # another seed, about half of them differ
+  assert set(np.unique(coin(7))) == {0.0, 1.0}
+  assert abs(coin(7).mean() - 0.5) < 0.05                     # Bernoulli(0.5): 3.2 standard errors at n = 1000
 
 
 def test_self_and_gt_modes_differ_only_in_labels():
   answers = {'q1': ['7', '7', '3', None], 'q2': ['1/2', '0.5', '2', '\\frac{1}{2}']}
   # A data set whose true labels equal the policy's majority (in another form, for q2).
-  examples = [data_lib.Example(question='q1', answer='7', prompt='q1', target=None),
-              data_lib.Example(question='q2', answer='\\dfrac12', prompt='q2', target=None)]
-  batches = {}
-  for mode in ('self', 'gt'):
-    rl = train.RLConfig(mode=mode, num_prompts=2, num_samples=4)
-    it = iter(examples)
-    batch, m, _ = train.rl_batch(FakeRollouts(rl, answers), None, None, lambda n: [next(it) for _ in range(n)],
-                                 jax.random.key(0), rl)
-    batches[mode] = batch
-  for k in batches['self']:
-    np.testing.assert_array_equal(batches['self'][k], batches['gt'][k], err_msg=k)
-  np.testing.assert_array_equal(batches['self']['rewards'], [[1, 1, 0, 0], [1, 1, 0, 1]])
+  examples = examples_of(answers, {'q1': '7', 'q2': '\\dfrac12'})
+  rl = train.RLConfig(num_prompts=2, num_samples=4)
+  batch_self, m_self, _ = one_step(rl, answers, examples, label_source='policy')
+  batch_gt, m_gt, _ = one_step(dataclasses.replace(rl, mode='gt'), answers, examples, label_source='dataset')
+  for k in batch_self:
+    np.testing.assert_array_equal(batch_self[k], batch_gt[k], err_msg=k)
+  # Rewards [[1 1 0 0], [1 1 0 1]] -> RLOO by hand: row 0: (4r - 2) / 3; row 1: (4r - 3) / 3.
+  np.testing.assert_allclose(batch_self['advantages'], [2 / 3, 2 / 3, -2 / 3, -2 / 3, 1 / 3, 1 / 3, -1, 1 / 3],
+                             atol=1e-6)
+  assert m_self['pseudo_reward'] == m_gt['pseudo_reward'] == 5 / 8
+  assert m_self['true_accuracy'] == 5 / 8 and m_self['label_accuracy'] == 1.0
 
 
 def test_agreement_threshold_drops_and_refills():
   answers = {'a': ['1', '2', '3', '4'], 'b': ['5', '5', '5', '6'], 'c': ['1', '1', '1', '1'], 'd': ['9', '8', '9', '8']}
-  examples = [data_lib.Example(question=q, answer=None, prompt=q, target=None) for q in 'abcd']
   rl = train.RLConfig(num_prompts=2, num_samples=4, agreement_threshold=0.6)
-  it = iter(examples)
-  batch, m, _ = train.rl_batch(FakeRollouts(rl, answers), None, None, lambda n: [next(it) for _ in range(n)],
-                               jax.random.key(0), rl)
+  batch, m, _ = one_step(rl, answers, examples_of(answers))
   # Round 1 (a: share .25, dropped; b: .75 kept), round 2 (c: 1.0 kept) fills the batch: b and c.
-  np.testing.assert_array_equal(batch['rewards'], [[1, 1, 1, 0], [1, 1, 1, 1]])
-  np.testing.assert_array_equal(batch['group_weight'], [1, 1])
-  assert m['refill_rounds'] == 2
+  np.testing.assert_allclose(batch['advantages'], [1 / 3, 1 / 3, 1 / 3, -1, 0, 0, 0, 0], atol=1e-6)
+  np.testing.assert_array_equal(batch['row_weight'], np.ones(8))
+  assert m['refill_rounds'] == 2 and m['labelled_fraction'] == 1.0
 
 
-def test_early_stopping_picks_the_best_step_earliest_on_ties():
-  assert train.early_stopping_step([(0, 0.672), (25, 0.734), (50, 0.715), (75, 0.750), (150, 0.633)]) == 75
-  assert train.early_stopping_step([(0, 0.5), (25, 0.7), (50, 0.7), (75, 0.2)]) == 25
-  assert train.early_stopping_step([(0, 0.9), (25, 0.1)]) == 0   # training never helped: keep the start
+def test_unlabelled_prompt_trains_only_under_a_label_free_reward():
+  answers = {'a': [None, None, None, None], 'b': ['5', '5', '5', '6']}
+  batch, m, _ = one_step(train.RLConfig(num_prompts=2, num_samples=4), answers, examples_of(answers))
+  np.testing.assert_array_equal(batch['row_weight'], [1, 1, 1, 1, 0, 0, 0, 0])   # labelled b first; nobody voted on a
+  batch, m, _ = one_step(train.RLConfig(num_prompts=2, num_samples=4, reward='format'), answers, examples_of(answers))
+  np.testing.assert_array_equal(batch['row_weight'], np.ones(8))
+  assert m['pseudo_reward'] == 0.5   # format: 0 0 0 0 and 1 1 1 1
+
+
+def test_kl_placement_is_its_own_setting():
+  """--kl_in=reward subtracts kl_coef x each response's summed k3 from its reward before the advantage, whichever
+  the advantage; --kl_in=loss leaves the advantages alone and puts the term in the loss (train.loss_fn)."""
+  answers = {'q': ['1', '1', '2', '2']}
+  rl = train.RLConfig(num_prompts=1, num_samples=4, kl_coef=1.0)
+  # Row 1's tokens had log-prob log .25 under the policy, the reference says log .5: k3 = 2 - log 2 - 1 per token.
+  logprobs = np.log([[.5] * 4, [.25] * 4, [.5] * 4, [.5] * 4])
+  r = np.array([[1, 1, 0, 0]], np.float32)
+  kl = np.array([[0, 4 * (2 - np.log(2) - 1), 0, 0]], np.float32)
+  for advantage in ('rloo', 'grpo'):
+    for kl_in, want in (('reward', r - kl), ('loss', r)):
+      got = {}
+      sampler = FakeSampler(answers)
+      sampler.sample = lambda params, examples, key: [dataclasses.replace(make_group(examples[0], answers['q']),
+                                                                          logprobs=logprobs)]
+      s = train.Setup(rl=dataclasses.replace(rl, advantage=advantage), label_source='policy', kl_in=kl_in,
+                      mesh=sharding.make_mesh((1, 1, 1)), sampler=sampler,
+                      train_step=lambda st, b: (got.update(adv=np.asarray(b['advantages'])), (st, {}))[1],
+                      score=lambda p, b: jnp.full(b['tokens'].shape, np.log(0.5)), ema=None, ref_params=None,
+                      trace_prompts=0)
+      train.rl_step(s, {'params': None}, lambda n: examples_of(answers), jax.random.key(0))
+      np.testing.assert_allclose(got['adv'], rewards.ADVANTAGES[advantage].fn(want)[0], atol=1e-5,
+                                 err_msg=f'{advantage} {kl_in}')
+  # The loss side: the k3 term is in the loss exactly when --kl_in=loss, whichever the advantage.
+  batch = fake_batch(np.log([[0.5]]), np.log([[0.25]]), [[1.0]], adv=[0.0])
+  params = {'logp': jnp.log(jnp.array([[0.5]]))}
+  for advantage in ('rloo', 'grpo'):
+    for kl_in, want in (('loss', 0.5 + np.log(2) - 1), ('reward', 0.0)):
+      fn = train.loss_fn(dataclasses.replace(rl, advantage=advantage), kl_in)
+      with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(update, 'token_logprobs', lambda p, c, pt, pv, t, m, temp: (p['logp'], jnp.zeros(t.shape)))
+        np.testing.assert_allclose(fn(params, None, batch)[0], want, atol=1e-6)
+
+
+def test_teacher_labels_come_from_the_teacher():
+  answers = {'q': ['1', '1', '1', '2']}
+  batch, m, sampler = one_step(train.RLConfig(num_prompts=1, num_samples=4), answers, examples_of(answers),
+                               label_source='teacher', teacher_answers={'q': ['2', '2', '3', '2']})
+  assert sampler.calls == ['policy', 'teacher']
+  np.testing.assert_allclose(batch['advantages'], rewards.rloo(np.array([[0, 0, 0, 1.0]]))[0], atol=1e-6)
+
+
+def test_ttrl_votes_over_more_samples_than_it_trains_on():
+  """--vote_samples=N: the label is the vote of all N samples, the update sees the first G."""
+  answers = {'q': ['1', '2', '2', '2', '2', '2']}   # the first 2 alone tie 1-2 (tie: 1); all 6 say 2
+  batch, m, _ = one_step(train.RLConfig(num_prompts=1, num_samples=2, vote_samples=6), answers, examples_of(answers))
+  assert batch['tokens'].shape[0] == 2
+  np.testing.assert_allclose(batch['advantages'], rewards.rloo(np.array([[0, 1.0]]))[0], atol=1e-6)
+  # --vote_samples equal to --num_samples is exactly today's batch.
+  same, _, _ = one_step(train.RLConfig(num_prompts=1, num_samples=6, vote_samples=6), answers, examples_of(answers))
+  plain, _, _ = one_step(train.RLConfig(num_prompts=1, num_samples=6), answers, examples_of(answers))
+  for k in plain:
+    np.testing.assert_array_equal(same[k], plain[k], err_msg=k)
+
+
+def test_metrics_count_full_credit_only():
+  """true_accuracy and label_accuracy use the task's verifier at full credit, as eval.py does."""
+  ex = data_lib.Example(question='q', answer='10', prompt='q', target=None)
+  verifier = lambda answer, gold: {'10': 1.0, 'ten': 1.0, '10.0': 0.5}.get(answer, 0.0)
+  g = dataclasses.replace(make_group(ex, ['ten', 'ten', '10.0', '3']), verifier=verifier, label='ten', share=0.5,
+                          labelled=True)
+  m = rollouts.batch_metrics([g], np.zeros((1, 4)), np.ones(1), 4)
+  assert m['true_accuracy'] == 0.5 and m['label_accuracy'] == 1.0
+
+
+def history(kls, lengths, parse=None):
+  parse = parse or [1.0] * len(kls)
+  return [{'step': i + 1, 'kl': k, 'response_length': n, 'parse_rate': p, 'majority_share': 0.7}
+          for i, (k, n, p) in enumerate(zip(kls, lengths, parse))]
+
+
+def test_collapse_alarm_on_hand_made_histories():
+  import alarm
+  healthy = history([0.01 + 0.03 * (i % 5 == 0) for i in range(60)], [35 + (i % 3) for i in range(60)])
+  assert alarm.first_alarm(healthy) is None   # KL spikes of one step and length noise average out
+  # The KL climbs by 0.025 a step from step 11 (kl_t = 0.025 (t - 10)). Its 5-step mean: step 14 0.05, step 15
+  # 0.075 (0.025 .. 0.125), step 16 0.1: fires at 16.
+  assert alarm.first_alarm(history([0.01] * 10 + [0.025 * (t - 10) for t in range(11, 31)], [35] * 30)) == 16
+  # Responses shrinking from 32 tokens by one a step from step 11: the 5-step mean is 29 (9.4% down) at step 15
+  # (31 .. 27) and 28 (12.5%) at step 16: fires at 16. Growing works the same way.
+  assert alarm.first_alarm(history([0.01] * 20, [32] * 10 + [32 - t for t in range(1, 11)])) == 16
+  assert alarm.first_alarm(history([0.01] * 20, [32] * 10 + [32 + t for t in range(1, 11)])) == 16
+  # Boxed answers falling from all to 0.7 at step 11: the 5-step mean 0.94 (step 11) .. 0.88 (step 12) < 0.9.
+  assert alarm.first_alarm(history([0.01] * 20, [35] * 20, [1.0] * 10 + [0.7] * 10)) == 12
+  assert alarm.first_alarm(healthy[:9]) is None   # too short for a baseline
 
 
 def test_held_out_and_validation_prompts_never_train():
   # Sums of two one-digit numbers: 200 distinct prompts, so 400 draws repeat most of the 64 held-out ones.
-  rl, dc = train.RLConfig(), train.DataConfig(data=TASK, data_size=400, eval_prompts=64, val_prompts=16)
-  drawn = data_lib.load_examples(TASK, size=400, seed=rl.seed)
-  train_examples, eval_examples, val_examples, _ = train.load_data(rl, dc)
+  drawn = data_lib.load_examples(TASK, size=400, seed=0)
+  kw = dict(mode='self', seed=0, size=400, eval_prompts=64, val_prompts=16)
+  train_examples, eval_examples, val_examples, _ = data_lib.load_splits(TASK, **kw)
   kept = {ex.question for ex in eval_examples + val_examples}
   assert sum(ex.question in kept for ex in drawn) > 50          # the overlap a small task would have
   assert [ex for ex in drawn if ex.question not in kept] == train_examples   # all of it removed, order kept
-  with pytest.raises(train.FlagError, match='every training prompt'):
-    train.load_data(rl, dataclasses.replace(dc, data_size=1, eval_prompts=2000))   # all 200
+  with pytest.raises(ValueError, match='every training prompt'):
+    data_lib.load_splits(TASK, **dict(kw, size=1, eval_prompts=2000))   # all 200
+
+
+def test_unknown_reward_advantage_and_kl_in_are_errors_naming_the_flag():
+  dc, run = train.DataConfig(), train.RunConfig()
+  for field, value in (('reward', 'nope'), ('advantage', 'ppo'), ('kl_in', 'both'), ('label_source', 'oracle')):
+    with pytest.raises(train.FlagError, match=f'--{field}=.{value}'):
+      train.validate(train.RLConfig(**{field: value}), dc, run, 1)
+  with pytest.raises(train.FlagError, match='--vote_samples=4 must be 0 or >= --num_samples=8'):
+    train.validate(train.RLConfig(vote_samples=4), dc, run, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sharding: the step on 8 fake CPU devices equals the single-device step
 
 
-def sharded_step(mesh_sizes, rl, cfg, params, batch):
-  mesh = train.make_mesh(mesh_sizes)
-  p_shard = train.param_shardings(cfg, mesh)
-  opt = train.make_optimizer(rl, rl.learning_rate)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  opt_shard = train.optax.tree_map_params(opt, lambda _, s: s, jax.eval_shape(opt.init, params), p_shard,
-                                          transform_non_params=lambda _: replicated)
-  shardings = {'params': p_shard, 'opt_state': opt_shard}
-  params = jax.device_put(jax.tree.map(jnp.copy, params), p_shard)   # the step donates its input
-  state = {'params': params, 'opt_state': jax.jit(opt.init, out_shardings=opt_shard)(params)}
-  step = train.make_train_step(cfg, rl, opt, train.policy_loss, shardings, mesh)
+def sharded_step(mesh_sizes, cfg, params, batch, loss_fn):
+  mesh = sharding.make_mesh(mesh_sizes)
+  opt = update.make_optimizer(1e-2)
+  shardings = sharding.state_shardings(opt, params, sharding.param_shardings(cfg, mesh), mesh)
+  state = sharding.init_state(opt, params, shardings)
+  step = update.make_train_step(cfg, loss_fn, opt, shardings, mesh)
   state, aux = step(state, batch)
-  state, aux = step(state, batch)
-  return state, aux
+  return step(state, batch)
 
 
 def test_sharded_step_equals_single_device():
@@ -224,16 +354,15 @@ def test_sharded_step_equals_single_device():
            'mask': (np.arange(N)[None] < rng.randint(1, N + 1, (B, 1))).astype(np.float32),
            'old_logp': -rng.rand(B, N).astype(np.float32) * 4, 'ref_logp': -rng.rand(B, N).astype(np.float32) * 4,
            'advantages': rng.randn(B).astype(np.float32), 'row_weight': np.ones(B, np.float32)}
-  rl = train.RLConfig(learning_rate=1e-2, kl_coef=0.1, advantage='grpo', entropy_coef=0.01)
-  ref, _ = sharded_step((1, 1, 1), rl, cfg, params, batch)
-  for sizes in ((2, 4, 1), (8, 1, 1), (2, 2, 2)):
-    got, _ = sharded_step(sizes, rl, cfg, params, batch)
+  loss_fn = train.loss_fn(train.RLConfig(kl_coef=0.1, entropy_coef=0.01), 'loss')
+  ref, _ = sharded_step((1, 1, 1), cfg, params, batch, loss_fn)
+  for sizes in ((2, 4, 1), (2, 2, 2)):   # tests/test_scale.py adds (1, 2, 4) with micro-batches
+    got, _ = sharded_step(sizes, cfg, params, batch, loss_fn)
     # Float32 sums in another order differ by ~1e-7; Adam divides by sqrt(v), which magnifies that for weights
     # with near-zero gradients. 1e-4 is 1% of one update (lr 1e-2): a real sharding bug (a lost shard of the
     # batch, a wrong reduction) moves weights by a whole update.
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
-    # Parameters and optimizer state carry the shardings the rules give.
     P = jax.sharding.PartitionSpec
     assert got['params']['layers']['q'].sharding.spec == P(None, 'fsdp', 'tensor', None)
     assert got['params']['layers']['down'].sharding.spec == P(None, 'tensor', 'fsdp')
@@ -242,30 +371,35 @@ def test_sharded_step_equals_single_device():
     assert adam.mu['layers']['gate'].sharding.spec == P(None, 'fsdp', 'tensor')
     assert adam.nu['layers']['k'].sharding.spec == P(None, 'fsdp', 'tensor', None)
     assert adam.count.sharding.spec == P()
-    # The shards really are split: a q weight on the 2x4 mesh holds a quarter of the model dim per device.
-    if sizes == (2, 4, 1):
-      shard = got['params']['layers']['q'].addressable_shards[0].data
-      assert shard.shape == (2, 8, 4, 8)
+    if sizes == (2, 4, 1):   # the shards really are split: a quarter of the model dim per device
+      assert got['params']['layers']['q'].addressable_shards[0].data.shape == (2, 8, 4, 8)
+
+
+def test_ema_teacher_by_hand():
+  mesh = sharding.make_mesh((1, 1, 1))
+  shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  ema = update.make_ema_update({'w': shard})
+  teacher = {'w': jnp.array([1.0, 2.0])}
+  out = ema(teacher, {'w': jnp.array([3.0, -2.0])}, 0.9)
+  np.testing.assert_allclose(out['w'], [0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -2], rtol=1e-6)   # 1.2, 1.6
 
 
 def test_indivisible_shapes_are_errors_not_replication():
-  mesh = train.make_mesh((1, 1, 8))
   cfg = model.Config(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48)
   with pytest.raises(ValueError, match="heads' of size [24] does not divide over mesh axes tensor"):
-    train.param_shardings(cfg, mesh)
-  rl, dc = train.RLConfig(num_prompts=6), train.DataConfig()
+    sharding.param_shardings(cfg, sharding.make_mesh((1, 1, 8)))
   with pytest.raises(train.FlagError, match='--num_prompts=6 does not divide over the 4-way data axis'):
-    train.validate(rl, dc, train.RunConfig(mesh=(4, 2, 1)))
+    train.validate(train.RLConfig(num_prompts=6), train.DataConfig(), train.RunConfig(mesh='4,2,1'), 8)
   with pytest.raises(train.FlagError, match='--mesh'):
-    train.parse_mesh('3,1,1', 8)
+    train.validate(train.RLConfig(), train.DataConfig(), train.RunConfig(mesh='3,1,1'), 8)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The script, in subprocesses
 
 
-def run_train(*args, timeout=600, check=True):
-  env = dict(os.environ, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu')
+def run_train(*args, timeout=600, check=True, env=None):
+  env = dict(os.environ, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu', **(env or {}))
   p = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *args], capture_output=True, text=True,
                      timeout=timeout, env=env, cwd=ROOT)
   if check and p.returncode != 0:
@@ -287,9 +421,15 @@ def warm(tmp_path_factory):
 
 RL_ARGS = ['--steps=4', '--num_prompts=4', '--num_samples=4', '--max_new_tokens=24', '--learning_rate=1e-3',
            '--eval_prompts=8', '--eval_samples=2', f'--data={TASK}', '--data_size=64', f'--model={SHIPPED}']
+read_jsonl = wd_lib.read_jsonl
 
 
-read_jsonl = train.read_jsonl
+def test_help_shows_each_flags_own_text_and_the_embedded_defaults():
+  p = run_train('--help', check=False)
+  out = ' '.join((p.stdout + p.stderr).split())   # absl wraps the help text
+  assert ("--learning_rate: AdamW learning rate, constant (the paper's for 7B models) [--model=tiny --mode=self|gt: "
+          "5e-05] (default: '1e-06')") in out, out
+  assert '--reward: one of rewards.REWARDS' in out and 'RLConfig.mode' not in out
 
 
 @pytest.mark.slow
@@ -310,11 +450,13 @@ def test_rl_modes_end_to_end(tmp_path, mode):
   rows = read_jsonl(os.path.join(wd, 'metrics.jsonl'))
   assert [r['step'] for r in rows] == [1, 2, 3, 4]
   for key in ('pseudo_reward', 'majority_share', 'labelled_fraction', 'true_accuracy', 'label_accuracy',
-              'response_length', 'entropy', 'kl', 'parse_rate', 'rollout_time', 'update_time', 'tokens_per_s'):
+              'response_length', 'entropy', 'kl', 'parse_rate', 'rollout_time', 'update_time', 'tokens_per_s',
+              'collapse_alarm'):
     assert key in rows[0], key
   assert rows[0]['parse_rate'] > 0.5   # the warm start taught the format
   summary = json.load(open(os.path.join(wd, 'summary.json')))
   assert set(summary['before']) == {'avg@k', 'maj@k', 'pass@k', 'parse_rate'} and summary['k'] == 2
+  assert set(summary['gain']) == {'avg@k', 'maj@k', 'pass@k'} and 'collapse_step' in summary
   if mode == 'gt':
     val = [(0, summary['val_before']['avg@k']), (2, rows[1]['val_avg@k']), (4, summary['val_after']['avg@k'])]
     assert summary['val_best_step'] == max(val, key=lambda sv: (sv[1], -sv[0]))[0]
@@ -324,6 +466,89 @@ def test_rl_modes_end_to_end(tmp_path, mode):
   assert os.path.exists(os.path.join(wd, 'hf', 'model.safetensors'))
   assert os.path.exists(os.path.join(wd, 'training_curves.png'))
   assert 'step 4/4' in p.stdout
+
+
+@pytest.mark.slow
+def test_each_reward_and_label_source_runs_two_steps(tmp_path):
+  """Every reward, both teachers and TTRL's split, two real steps each on the shipped policy: the jitted sampler,
+  the labels, the rewards, the reference scorer and the update, compiled once and shared (what changes between
+  them is host code, except TTRL's wider sampler and the EMA teacher's state)."""
+  TRAIN = data_lib.load_examples(TASK, size=64, seed=0)
+  rl = train.RLConfig(num_prompts=4, num_samples=4, max_new_tokens=24, learning_rate=1e-3, steps=2)
+  dc, run = train.DataConfig(model=SHIPPED, data=TASK), train.RunConfig(workdir=str(tmp_path), mesh='1,1,1')
+  s, state0, _, _ = train.setup(rl, dc, run, (1, 1, 1), None)
+  cases = [dict(reward=r) for r in rewards.REWARDS] + [dict(label_source='teacher'), dict(label_source='ema'),
+                                                       dict(vote_samples=8)]
+  for case in cases:
+    rl_case = dataclasses.replace(rl, **case)
+    s_case = dataclasses.replace(s, rl=rl_case, label_source=rl_case.label_source)
+    state = dict(state0, params=jax.tree.map(jnp.copy, state0['params']),
+                 opt_state=jax.tree.map(jnp.copy, state0['opt_state']))
+    if 'vote_samples' in case:
+      s_case.sampler = rollouts.Sampler(s.sampler.cfg, s.sampler.text, s.mesh, num_samples=8, max_new_tokens=24,
+                                        temperature=1.0)
+    if case.get('label_source') == 'ema':   # the teacher is trained state: the update step carries it
+      s_case, state, _, _ = train.setup(rl_case, dc, run, (1, 1, 1), None)
+    stream = data_lib.PromptStream(TRAIN, 0)
+    for step in range(2):
+      state, aux, m, trace = train.rl_step(s_case, state, stream.take, jax.random.key(step))
+      assert np.isfinite(float(aux['loss'])) and 0.0 <= m['pseudo_reward'] <= 1.0 or case.get('reward') in (
+          'self_certainty', 'neg_entropy'), case
+      assert len(trace[0]['samples']) == 4, case   # the samples that train (TTRL's other 4 only voted)
+    if case.get('label_source') == 'ema':   # the teacher moved towards the policy, and only a little
+      moved = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state['teacher']),
+                                                              jax.tree.leaves(state0['params'])))
+      assert 0 < moved < 1e-2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', ['qwen3', 'llama'])
+def test_two_steps_on_a_tiny_random_checkpoint_of_each_family(tmp_path, family):
+  """A random Qwen3 (q/k norms) and a random Llama 3 (llama3 rope scaling) checkpoint written by transformers,
+  with the character tokenizer: --mode=self loads, samples, trains two steps and exports the family again."""
+  import torch
+  import transformers
+  kw = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+  if family == 'qwen3':
+    config = transformers.Qwen3Config(head_dim=16, **kw)
+    cls = transformers.Qwen3ForCausalLM
+  else:
+    config = transformers.LlamaConfig(rope_parameters=dict(rope_type='llama3', rope_theta=500000.0, factor=8.0,
+                                                           low_freq_factor=1.0, high_freq_factor=4.0,
+                                                           original_max_position_embeddings=16), **kw)
+    cls = transformers.LlamaForCausalLM
+  torch.manual_seed(0)
+  path = str(tmp_path / family)
+  cls(config).save_pretrained(path)
+  hf.build_char_tokenizer(path)
+  wd = str(tmp_path / 'run')
+  args = [a for a in RL_ARGS if not a.startswith('--model')] + [f'--model={path}', '--steps=2', '--eval_prompts=4']
+  run_train('--mode=self', f'--workdir={wd}', *args)
+  assert [r['step'] for r in read_jsonl(os.path.join(wd, 'metrics.jsonl'))] == [1, 2]
+  cfg, _ = hf.load_checkpoint(os.path.join(wd, 'hf'))
+  assert cfg.family == family and transformers.AutoConfig.from_pretrained(os.path.join(wd, 'hf')).model_type == family
+
+
+FORK_SNIPPET = re.compile(r'<!-- fork-example -->\n```python\n(.*?)```', re.S)
+
+
+@pytest.mark.slow
+def test_readme_fork_example_runs(tmp_path):
+  """The README's "Fork it" reward, as written there, added to rewards.py's table and run for two steps."""
+  snippet = FORK_SNIPPET.search(open(os.path.join(ROOT, 'README.md')).read()).group(1)
+  wd = str(tmp_path / 'fork')
+  script = (f'import sys; sys.path.insert(0, {ROOT!r}); import rewards\n'
+            f'exec(compile({snippet!r}, "README", "exec"), rewards.__dict__)\n'
+            f'import train; from absl import app\n'
+            f'sys.argv = ["train.py", "--reward=vote_short", "--workdir={wd}", ' + ', '.join(
+                repr(a) for a in [*RL_ARGS, '--steps=2', '--eval_prompts=0']) + ']\napp.run(train.main)\n')
+  env = dict(os.environ, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu')
+  p = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+  assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+  trace = read_jsonl(os.path.join(wd, 'trace.jsonl'))
+  for t in trace:   # agreement minus 0.001 per token: no reward is a whole number any more
+    assert all(s['reward'] != round(s['reward']) for s in t['samples'])
 
 
 @pytest.mark.slow
@@ -349,8 +574,8 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
   timing = ('step_time', 'rollout_time', 'update_time', 'tokens_per_s')
   strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]
   assert strip(a) == strip(b)
-  _, pa = model.load_hf_checkpoint(os.path.join(full, 'hf'))
-  _, pb = model.load_hf_checkpoint(os.path.join(cut, 'hf'))
+  _, pa = hf.load_checkpoint(os.path.join(full, 'hf'))
+  _, pb = hf.load_checkpoint(os.path.join(cut, 'hf'))
   for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -358,12 +583,9 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
 def test_half_written_checkpoint_is_never_loaded(tmp_path):
   """orbax writes a step under a temporary name and renames it when complete; a leftover temporary directory
   (the state a kill mid-save leaves) is not a step the manager lists."""
-  mngr = train.checkpoint_manager(str(tmp_path))
-  mngr.save(2, args=train.ocp.args.Composite(state=train.ocp.args.StandardSave({'x': jnp.ones(3)}),
-                                             meta=train.ocp.args.JsonSave({'data_pos': 8})), force=True)
-  mngr.wait_until_finished()
+  wd_lib.save(wd_lib.checkpoint_manager(str(tmp_path)), 2, {'x': jnp.ones(3)}, 8)
   os.makedirs(tmp_path / 'checkpoints' / '4.orbax-checkpoint-tmp-1234' / 'state')
-  assert train.checkpoint_manager(str(tmp_path)).latest_step() == 2
+  assert wd_lib.checkpoint_manager(str(tmp_path)).latest_step() == 2
 
 
 def checkpoint_fingerprint(wd):
@@ -388,10 +610,8 @@ def test_bad_data_files_fail_before_compile_and_keep_checkpoints(warm, tmp_path,
   content, pattern = BAD_FILES[name]
   (tmp_path / name).write_bytes(content)
   before = checkpoint_fingerprint(warm)
-  t = time.time()
   p = run_train('--mode=sft', f'--data={tmp_path / name}', f'--workdir={warm}', '--steps=21', check=False)
   assert p.returncode != 0
-  import re
   assert re.search(pattern, p.stderr), p.stderr[-2000:]
   assert 'Traceback' not in p.stderr
   assert checkpoint_fingerprint(warm) == before
@@ -403,7 +623,9 @@ def test_bad_flags_and_foreign_workdir(warm, tmp_path):
   cases = [(['--data=rg:no_such_task'], 'no_such_task'),
            (['--mesh=4,1,1'], '--mesh'),
            (['--num_samples=1'], '--num_samples=1'),
-           (['--mode=self', f'--model={tmp_path}'], f'--model'),
+           (['--reward=majority'], '--reward=\'majority\''),
+           (['--advantage=ppo'], '--advantage=\'ppo\''),
+           (['--mode=self', f'--model={tmp_path}'], '--model'),
            # the warm-start workdir belongs to an sft run of the tiny policy: a self run there is refused
            (['--mode=self', f'--model={SHIPPED}', f'--data={TASK}'], '--workdir')]
   for args, pattern in cases:

@@ -1,4 +1,5 @@
-"""Tests for vote.py: extraction, answer equality, the vote, rewards, metrics, hostile inputs, time limits.
+"""Tests for vote.py and verify_worker.py: extraction, answer equality, the vote, scores against a label, hostile
+inputs, time limits, the math-verify worker pool.
 
 Every expectation below was worked out by hand. Run: python -m pytest -q tests/test_vote.py
 """
@@ -15,6 +16,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import verify_worker  # noqa: E402
 import vote  # noqa: E402
 
 LIMIT = 1.0  # seconds any call may take, on any input
@@ -79,7 +81,8 @@ EQUAL = [
     ('10^{10}', '10000000000'),
     # radicals
     ('\\frac{\\sqrt{2}}{2}', '\\sqrt{2}/2'), ('\\frac{\\sqrt2}{2}', '\\frac{1}{\\sqrt{2}}'),
-    ('2\\sqrt{3}', '\\sqrt{12}'), ('\\sqrt{8}', '2\\sqrt2'), ('3\\sqrt{2}', '\\sqrt{18}'), ('\\frac{\\sqrt{3}}{3}', '\\frac{1}{\\sqrt3}'),
+    ('2\\sqrt{3}', '\\sqrt{12}'), ('\\sqrt{8}', '2\\sqrt2'), ('3\\sqrt{2}', '\\sqrt{18}'),
+    ('\\frac{\\sqrt{3}}{3}', '\\frac{1}{\\sqrt3}'),
     ('2', '\\sqrt{4}'), ('\\sqrt{3}', '3^{1/2}'), ('\\sqrt[3]{8}', '2'), ('\\sqrt{2}+1', '1+\\sqrt{2}'),
     ('2 \\sqrt 3', '2\\sqrt{3}'),
     # pi
@@ -194,52 +197,81 @@ def test_none_does_not_vote():
   assert vote.majority_vote(['4', None, None, '5', '4']) == ('4', 2 / 3)
 
 
+def srt_reward(answers):
+  """SRT's hard reward as the trainer composes it: agreement with the group's own majority label."""
+  return vote.agreement(answers, vote.majority_vote(answers)[0])
+
+
 @pytest.mark.parametrize('answers', [[], [None], [None] * 32, ['', '  ', None]])
 def test_nobody_voted(answers):
   assert vote.majority_vote(answers) == (None, 0.0)
-  assert np.all(vote.self_rewards(answers) == 0)
-  assert np.all(vote.self_rewards(answers, soft=True) == 0)
+  assert np.all(srt_reward(answers) == 0)
+  assert np.all(vote.class_shares(answers) == 0)
+  assert vote.class_shares(answers).shape == vote.agreement(answers, '1').shape == (len(answers),)
 
 
 def test_unanimous():
   assert vote.majority_vote(['7'] * 5) == ('7', 1.0)
-  np.testing.assert_array_equal(vote.self_rewards(['7'] * 5), np.ones(5))
+  np.testing.assert_array_equal(srt_reward(['7'] * 5), np.ones(5))
+  np.testing.assert_array_equal(vote.class_shares(['7'] * 5), np.ones(5))
 
 
-# --------------------------------------------------------------------------------------------- rewards
-def test_self_rewards_hard():
-  np.testing.assert_array_equal(vote.self_rewards(['4', '4.0', '5', None]), [1, 1, 0, 0])
+# --------------------------------------------------------------------------------------------- scores
+def test_agreement_with_the_majority_label():
+  np.testing.assert_array_equal(srt_reward(['4', '4.0', '5', None]), [1, 1, 0, 0])
+  # The label is the class's first member; every member of its class agrees with it, no one else does.
+  np.testing.assert_array_equal(srt_reward(['3', '\\frac{1}{2}', '0.5', '1/2', None, '3']), [0, 1, 1, 1, 0, 0])
 
 
-def test_self_rewards_threshold():
-  answers = ['4', '4', '5', None]  # share 2/3
-  np.testing.assert_array_equal(vote.self_rewards(answers, threshold=0.6), [1, 1, 0, 0])
-  np.testing.assert_array_equal(vote.self_rewards(answers, threshold=2 / 3), [1, 1, 0, 0])  # share >= threshold
-  np.testing.assert_array_equal(vote.self_rewards(answers, threshold=0.7), [0, 0, 0, 0])
-  np.testing.assert_array_equal(vote.self_rewards(answers, threshold=0.7, soft=True), [0, 0, 0, 0])
+def test_ties_are_deterministic():
+  # 2 and 3 tie 2-2: the class that appears first wins, so the same group always gets the same rewards.
+  for _ in range(3):
+    np.testing.assert_array_equal(srt_reward(['2', '3', '3.0', '2']), [1, 0, 0, 1])
+    np.testing.assert_array_equal(srt_reward(['3', '2', '2', '3']), [1, 0, 0, 1])
+    np.testing.assert_array_equal(srt_reward([None, '1/2', '3', '0.5', '3']), [0, 1, 0, 1, 0])
+    np.testing.assert_allclose(vote.class_shares(['2', '3', '3.0', '2']), [0.5] * 4)
 
 
-def test_self_rewards_soft():
-  np.testing.assert_allclose(vote.self_rewards(['4', '4', '5', None], soft=True), [2 / 3, 2 / 3, 1 / 3, 0])
-  np.testing.assert_allclose(vote.self_rewards(['1/2', '0.5', '3', '2', None, '2'], soft=True),
-                             [0.4, 0.4, 0.2, 0.4, 0, 0.4])
-
-
-def test_gt_rewards():
-  np.testing.assert_array_equal(vote.gt_rewards(['1/2', '0.5', '2', None, 'x=\\frac12'], '\\frac{1}{2}'),
+def test_agreement_with_a_given_label():
+  np.testing.assert_array_equal(vote.agreement(['1/2', '0.5', '2', None, 'x=\\frac12'], '\\frac{1}{2}'),
                                 [1, 1, 0, 0, 1])
-  np.testing.assert_array_equal(vote.gt_rewards(['1', '2'], None), [0, 0])
+  np.testing.assert_array_equal(vote.agreement(['1', '2'], None), [0, 0])   # no label: nobody agrees
+  assert vote.agreement(['1'], '1').dtype == np.float32
 
 
-def test_verifier_hook():
+def test_agreement_with_a_judge():
+  # A judge's score counts only in full: partial credit is disagreement.
+  half = lambda answer, label: 1.0 if answer == label else 0.5
+  np.testing.assert_array_equal(vote.agreement(['lion', 'lions', None], 'lion', judge=half), [1, 0, 0])
+  np.testing.assert_array_equal(vote.agreement(['lions'], 'lion', judge=lambda a, g: 0.5), [0])
+  np.testing.assert_array_equal(vote.agreement(['lions'], 'lion', judge=lambda a, g: 1.0), [1])
+  # The judge replaces `equivalent`: a judge saying 0 overrides equal numbers.
+  np.testing.assert_array_equal(vote.agreement(['0.5'], '1/2', judge=lambda a, g: 0.0), [0])
+  np.testing.assert_array_equal(vote.agreement(['0.5'], None, judge=lambda a, g: 1.0), [0])
+
+
+def test_class_shares_by_hand():
+  np.testing.assert_allclose(vote.class_shares(['4', '4', '5', None]), [2 / 3, 2 / 3, 1 / 3, 0])
+  # classes {1/2, 0.5}, {3}, {2, 2}: 5 voters
+  np.testing.assert_allclose(vote.class_shares(['1/2', '0.5', '3', '2', None, '2']), [0.4, 0.4, 0.2, 0.4, 0, 0.4])
+  np.testing.assert_allclose(vote.class_shares(['a', 'b', 'c']), [1 / 3] * 3)
+  assert vote.class_shares(['1']).dtype == np.float32
+
+
+def test_correct():
+  np.testing.assert_array_equal(vote.correct(['1/2', '0.5', '2', None, 'x=\\frac12'], '\\frac{1}{2}'),
+                                [1, 1, 0, 0, 1])
+  np.testing.assert_array_equal(vote.correct(['1', '2'], None), [0, 0])   # no gold: wrong
+  assert vote.correct(['1'], '1').dtype == np.float32
+
+
+def test_correct_gives_no_partial_credit():
   def by_name(answer, gold):
     return 1.0 if answer.lower() == gold.lower() else 0.01  # reasoning-gym style partial credit
 
-  np.testing.assert_allclose(vote.gt_rewards(['Alice', 'alice', 'Bob', None], 'ALICE', verifier=by_name),
-                             [1, 1, 0.01, 0])
-  assert vote.maj_at_k(['Alice', 'Bob', 'Alice'], 'alice', verifier=by_name) == 1.0
-  assert vote.maj_at_k(['Carol', 'carol', 'Alice'], 'alice', verifier=by_name) == 0.01  # one class, as text
-  assert vote.maj_at_k([None], 'alice', verifier=by_name) == 0.0
+  np.testing.assert_array_equal(vote.correct(['Alice', 'alice', 'Bob', None], 'ALICE', verifier=by_name), [1, 1, 0, 0])
+  np.testing.assert_array_equal(vote.correct(['4', '5'], '4', verifier=lambda a, g: 0.5), [0, 0])
+  np.testing.assert_array_equal(vote.correct(['4', '5'], '4', verifier=lambda a, g: 1.0), [1, 1])
 
 
 def test_verifier_errors_and_overruns_score_zero():
@@ -250,54 +282,13 @@ def test_verifier_errors_and_overruns_score_zero():
     time.sleep(3)
     return 1.0
 
-  assert list(vote.gt_rewards(['1', '2'], '1', verifier=boom)) == [0, 0]
-  assert list(vote.gt_rewards(['1'], '1', verifier=lambda a, g: float('nan'))) == [0]
-  assert list(vote.gt_rewards(['1'], '1', verifier=lambda a, g: 'not a number')) == [0]
-  start = time.monotonic()
-  assert list(vote.gt_rewards(['1', '2', '3'], '1', verifier=sleepy)) == [0, 0, 0]
-  assert time.monotonic() - start < LIMIT
-
-
-# --------------------------------------------------------------------------------------------- metrics
-def test_avg_at_k():
-  assert vote.avg_at_k([1, 0, 1, 1]) == 0.75
-  assert vote.avg_at_k(np.array([True, False])) == 0.5
-  assert vote.avg_at_k([]) == 0.0
-
-
-def test_maj_at_k_and_pseudo_label_accuracy():
-  for metric in (vote.maj_at_k, vote.pseudo_label_accuracy):
-    assert metric(['3', '3', '4'], '3') == 1.0
-    assert metric(['3', '4', '\\frac{8}{2}'], '3') == 0.0  # 4 and 8/2 outvote 3
-    assert metric(['\\frac{1}{2}', '0.5', '1'], '1/2') == 1.0
-    assert metric([None, None], '3') == 0.0  # no label counts as wrong
-    assert metric(['3'], None) == 0.0
-
-
-def test_pass_at_k_by_hand():
-  assert vote.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
-  assert vote.pass_at_k(10, 0, 3) == 0.0
-  assert vote.pass_at_k(4, 3, 2) == 1.0  # only one wrong sample: every pair has a right one
-  assert vote.pass_at_k(4, 4, 4) == 1.0
-  assert vote.pass_at_k(1000, 1, 1) == pytest.approx(0.001)
-  assert vote.pass_at_k(32, 8, 1) == pytest.approx(8 / 32)  # pass@1 is the mean
-  assert 0.0 <= vote.pass_at_k(10_000, 3, 5_000) <= 1.0  # no overflow from huge binomials
-
-
-def test_pass_at_k_matches_enumeration():
-  for n in range(1, 8):
-    for c in range(n + 1):
-      correct = [1] * c + [0] * (n - c)
-      for k in range(1, n + 1):
-        subsets = list(itertools.combinations(correct, k))
-        expected = sum(any(s) for s in subsets) / len(subsets)
-        assert vote.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12), (n, c, k)
-
-
-@pytest.mark.parametrize('n, c, k', [(5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6)])
-def test_pass_at_k_rejects_impossible_counts(n, c, k):
-  with pytest.raises(ValueError):
-    vote.pass_at_k(n, c, k)
+  for score in (vote.correct, vote.agreement):
+    assert list(score(['1', '2'], '1', boom)) == [0, 0]
+    assert list(score(['1'], '1', lambda a, g: float('nan'))) == [0]
+    assert list(score(['1'], '1', lambda a, g: 'not a number')) == [0]
+    start = time.monotonic()
+    assert list(score(['1', '2', '3'], '1', sleepy)) == [0, 0, 0]
+    assert time.monotonic() - start < LIMIT
 
 
 def test_parse_rate():
@@ -330,8 +321,8 @@ def test_hostile_inputs_finish_in_time(name):
   for call in (lambda: vote.extract_answer('\\boxed{' + s + '}'), lambda: vote.extract_answer(s),
                lambda: vote.equivalent(s, '2'), lambda: vote.equivalent(s, s + ' 1'),
                lambda: vote.majority_vote([s, '2', s + '1', None, '2']), lambda: vote.canonical_key(s),
-               lambda: vote.gt_rewards([s, '2'], '(x+y+z+2)^{30}'), lambda: vote.self_rewards([s, s, '2']),
-               lambda: vote.maj_at_k([s, s, '2'], '(x+y+z+2)^{30}')):
+               lambda: vote.correct([s, '2'], '(x+y+z+2)^{30}'), lambda: vote.class_shares([s, s, '2']),
+               lambda: vote.agreement([s, s, '2'], '(x+y+z+2)^{30}')):
     start = time.monotonic()
     call()
     assert time.monotonic() - start < LIMIT, name
@@ -345,11 +336,11 @@ def test_code_in_a_box_is_just_a_wrong_answer(tmp_path):
   assert answer == code
   assert not vote.equivalent(answer, '0')
   assert vote.majority_vote([answer, '1', '1']) == ('1', 2 / 3)
-  assert list(vote.gt_rewards([answer], '0')) == [0]
+  assert list(vote.correct([answer], '0')) == [0]
   # The cheap rules call this prose; push it (and friends) through math-verify's parser too.
-  deadline = vote._Deadline()
+  deadline = verify_worker.Deadline()
   for payload in (code, f"eval(\"__import__('os').system('touch {target}')\")", 'exec(1)', "open('x','w')"):
-    assert not vote._slow_equal(payload, '0', deadline)
+    assert not verify_worker.equal(payload, '0', deadline)
   assert not target.exists()
 
 
@@ -398,6 +389,12 @@ def test_workers_recover_after_a_kill():
   assert time.monotonic() - start < 0.5
 
 
+def test_the_worker_runs_verify_worker_py():
+  vote.warmup(standby=False)
+  assert verify_worker._POOL.active.proc.args[-1] == os.path.abspath(verify_worker.__file__)
+  assert vote.warmup is verify_worker.warmup and vote.TIME_LIMIT == verify_worker.TIME_LIMIT
+
+
 def test_works_after_fork():
   if not hasattr(os, 'fork'):
     pytest.skip('no fork')
@@ -411,3 +408,17 @@ def test_works_after_fork():
   assert os.read(read, 1) == b'1'
   os.waitpid(pid, 0)
   assert vote.equivalent('\\sqrt{72}', '6\\sqrt{2}')  # the parent's workers are untouched
+
+
+def test_a_task_verifier_is_the_votes_notion_of_equality():
+  """With a task's verifier as judge, answers it gives full credit against a class's first member join that class:
+  reasoning-gym's knights_knaves accepts one assignment written in either order."""
+  import data
+  judge = data.make_verifier('rg:knights_knaves')
+  answers = ['Ann is a knight, and Bob is a knave.', 'Bob is a knave, and Ann is a knight.',
+             'Ann is a knave, and Bob is a knave.']
+  assert vote.group_answers(answers) == [0, 1, 2]                    # as text: three different answers
+  assert vote.group_answers(answers, judge) == [0, 0, 1]
+  assert vote.majority_vote(answers, judge) == (answers[0], 2 / 3)
+  np.testing.assert_allclose(vote.class_shares(answers, judge), [2 / 3, 2 / 3, 1 / 3])
+  np.testing.assert_array_equal(vote.agreement(answers, answers[0], judge), [1, 1, 0])

@@ -1,0 +1,259 @@
+"""Devices: the scripts use every device by default and say so, warn about an accelerator JAX does not see, and
+check before the first step that the update and the sampler fit in the device memory.
+
+The end-to-end runs (slow) start train.py and eval.py on 2, 4 and 8 fake CPU devices (XLA_FLAGS
+--xla_force_host_platform_device_count); the rest runs in this process on conftest.py's eight.
+"""
+import dataclasses
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+import data
+import memory
+import sharding
+import train
+import update
+import workdir as wd_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fake_devices_env(n):
+  flags = os.environ.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={n}'
+  return dict(os.environ, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu', XLA_FLAGS=flags.strip())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The scripts on 2, 4 and 8 devices, with no flags but a short run
+
+RUNS = {   # name -> (fake CPU devices, script and its flags; --workdir / --out are added)
+    'train on 2': (2, ['train.py', '--mode=self', '--steps=1', '--eval_prompts=16']),
+    'train on 4': (4, ['train.py', '--mode=self', '--steps=1', '--eval_prompts=16']),
+    'train on 8': (8, ['train.py', '--mode=self', '--steps=2', '--eval_prompts=16']),
+    'eval on 8': (8, ['eval.py', f'--model={train.EMBEDDED_WARMSTART}', f'--data={train.EMBEDDED_DATA}',
+                      '--eval_prompts=8', '--eval_samples=4', '--max_new_tokens=48']),
+}
+
+
+@pytest.fixture(scope='module')
+def runs(request, tmp_path_factory):
+  """The selected RUNS, started together: each is mostly one compiling thread, so side by side they keep two
+  cores busy and take about half the time of one after the other. -> {name: (return code, stdout, stderr, dir)}"""
+  wanted = [n for n in RUNS if any(getattr(item, 'callspec', None) and item.callspec.params.get('name') == n
+                                   for item in request.session.items)]
+  started = {}
+  try:
+    for name in wanted:
+      devices, (script, *args) = RUNS[name]
+      where = tmp_path_factory.mktemp(name.replace(' ', '_'))
+      args += [f'--workdir={where}'] if script == 'train.py' else [f'--out={where / "results.json"}']
+      with open(where / 'stdout', 'w') as out, open(where / 'stderr', 'w') as err:   # a full pipe would block
+        started[name] = (subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], stdout=out,
+                                          stderr=err, env=fake_devices_env(devices), cwd=ROOT), where)
+    for proc, _ in started.values():
+      proc.wait(timeout=1200)
+  finally:
+    for proc, _ in started.values():
+      proc.kill()   # only those still running: after a timeout, or when one failed to start
+  done = {}
+  for name, (proc, where) in started.items():
+    done[name] = (proc.returncode, (where / 'stdout').read_text(), (where / 'stderr').read_text(), where)
+  return done
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', [n for n in RUNS if n.startswith('train')])
+def test_train_uses_every_device_and_says_so(runs, name):
+  devices = RUNS[name][0]
+  code, out, err, where = runs[name]
+  assert code == 0, out[-3000:] + err[-3000:]
+  lines = out.splitlines()
+  assert lines[0] == f'devices: {devices} x cpu, mesh data=1 fsdp={devices} tensor=1, 1 process', out[:500]
+  assert 'held-out, k=8' in out and 'wrote metrics.jsonl' in out, out[-2000:]
+  steps = next(int(a.split('=')[1]) for a in RUNS[name][1] if a.startswith('--steps='))
+  assert [r['step'] for r in wd_lib.read_jsonl(os.path.join(where, 'metrics.jsonl'))] == list(range(1, steps + 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['eval on 8'])
+def test_eval_uses_every_device_and_says_so(runs, name):
+  code, out, err, where = runs[name]
+  assert code == 0, out[-3000:] + err[-3000:]
+  assert out.splitlines()[0] == 'devices: 8 x cpu, mesh data=1 fsdp=8 tensor=1, 1 process', out[:500]
+  assert 'avg@4' in out and (where / 'results.json').exists()
+
+
+@pytest.mark.slow
+def test_sizes_that_do_not_divide_name_the_flag_to_change():
+  """Three devices: the default 16 prompts x 8 samples do not split three ways (train.py, before anything is
+  loaded), and neither does the policy's model dimension (eval.py, when it places the weights)."""
+  p = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--mode=self', '--workdir=unused'],
+                     capture_output=True, text=True, env=fake_devices_env(3), cwd=ROOT, timeout=300)
+  assert p.returncode != 0 and ('--num_prompts x --num_samples = 128 rows do not divide over the 1x3 data x fsdp '
+                                'devices of the mesh; change --num_prompts or --mesh') in p.stderr, p.stderr[-2000:]
+  p = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--model={train.EMBEDDED_WARMSTART}',
+                      f'--data={train.EMBEDDED_DATA}', '--eval_prompts=4', '--out='],
+                     capture_output=True, text=True, env=fake_devices_env(3), cwd=ROOT, timeout=300)
+  assert p.returncode != 0 and 'does not divide over mesh axes fsdp (3 devices); change --mesh' in p.stderr, \
+      p.stderr[-2000:]
+  assert p.stdout.startswith('devices: 3 x cpu, mesh data=1 fsdp=3 tensor=1, 1 process'), p.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The banner and the unseen accelerator
+
+
+def test_banner_names_the_devices_the_mesh_and_the_processes():
+  assert sharding.banner((1, 8, 1)) == 'devices: 8 x cpu, mesh data=1 fsdp=8 tensor=1, 1 process'
+  assert sharding.banner((2, 1, 2)) == 'devices: 4 x cpu, mesh data=2 fsdp=1 tensor=2, 1 process'
+
+
+def fake_nvidia_smi(tmp_path, listing, code=0):
+  """An executable that prints `listing` and exits with `code`, as nvidia-smi --list-gpus does."""
+  path = tmp_path / 'nvidia-smi'
+  path.write_text(f'#!/bin/sh\ncat <<"EOF"\n{listing}\nEOF\nexit {code}\n')
+  path.chmod(path.stat().st_mode | stat.S_IXUSR)
+  return (str(path), '--list-gpus')
+
+
+def test_an_accelerator_jax_does_not_see_is_named_with_its_install_line(tmp_path, monkeypatch):
+  monkeypatch.delenv('JAX_PLATFORMS', raising=False)
+  dev = tmp_path / 'dev'
+  (dev / 'vfio').mkdir(parents=True)
+  (dev / 'vfio' / 'vfio').touch()   # the VFIO control node alone is no TPU
+  tpu = (str(dev / 'accel[0-9]*'), str(dev / 'vfio' / '[0-9]*'))
+  none = fake_nvidia_smi(tmp_path, 'No devices were found', code=6)
+  absent = {'tpu': ('no_such_module_libtpu',), 'gpu': ('no_such_module_cuda',)}
+  assert sharding.unseen_accelerator('cpu', tpu, none, absent) is None
+  assert sharding.unseen_accelerator('cpu', tpu, ('no-such-nvidia-smi', '--list-gpus'), absent) is None
+
+  for name in ('vfio/0', 'vfio/1'):   # a TPU v5e / v6e VM
+    (dev / name).touch()
+  warning = sharding.unseen_accelerator('cpu', tpu, none, absent)
+  assert warning == (f'warning: this machine has TPU device files ({dev}/vfio/0, {dev}/vfio/1) but JAX runs on the '
+                     'CPU (the CPU-only jax of requirements.txt?): pip install -r requirements-tpu.txt')
+  assert sharding.unseen_accelerator('tpu', tpu, none, absent) is None   # JAX sees it: nothing to say
+  # The TPU support is installed (a module that exists stands in for libtpu): the install line would not help.
+  warning = sharding.unseen_accelerator('cpu', tpu, none, {'tpu': ('json',), 'gpu': ()})
+  assert 'although its TPU support is installed: JAX could not start it' in warning
+
+  nothing = (str(dev / 'none*'),)
+  gpus = fake_nvidia_smi(tmp_path, 'GPU 0: NVIDIA H200 (UUID: GPU-1)\nGPU 1: NVIDIA H200 (UUID: GPU-2)')
+  warning = sharding.unseen_accelerator('cpu', nothing, gpus, absent)
+  assert warning == ('warning: this machine has 2 x NVIDIA H200 (nvidia-smi) but JAX runs on the CPU (the CPU-only '
+                     'jax of requirements.txt?): pip install -r requirements-gpu.txt')
+  assert sharding.unseen_accelerator('gpu', nothing, gpus, absent) is None
+
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')   # chosen on purpose: the warning says what keeps JAX off the GPU
+  assert sharding.unseen_accelerator('cpu', nothing, gpus, absent).endswith(
+      'JAX_PLATFORMS=cpu keeps it there; unset it, and if JAX still does not see it: pip install -r '
+      'requirements-gpu.txt')
+
+
+def test_announce_prints_the_banner_first_then_the_warning(tmp_path, capsys):
+  (tmp_path / 'accel0').touch()   # a TPU v4 VM
+  sharding.announce((1, 8, 1), device_files=(str(tmp_path / 'accel[0-9]*'),), nvidia_smi=('no-such-nvidia-smi',),
+                    plugins={'tpu': (), 'gpu': ()})
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == 'devices: 8 x cpu, mesh data=1 fsdp=8 tensor=1, 1 process'
+  assert lines[1].startswith('warning:') and 'requirements-tpu.txt' in lines[1] and len(lines) == 2
+  sharding.announce((1, 8, 1), device_files=(), nvidia_smi=('no-such-nvidia-smi',))
+  assert capsys.readouterr().out.splitlines() == ['devices: 8 x cpu, mesh data=1 fsdp=8 tensor=1, 1 process']
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memory before the first step (on the CPU with a capacity passed in; train.py checks only on an accelerator)
+
+
+@pytest.fixture(scope='module')
+def policy(tmp_path_factory):
+  """train.setup of the embedded policy on a 1x2x1 mesh: 2 prompts x 4 samples = 8 rows, 4 per device, so the
+  update can be split into 2 or 4 micro-batches; and check_fits with room to spare."""
+  rl = train.RLConfig(num_prompts=2, num_samples=4, max_new_tokens=32)
+  run = train.RunConfig(workdir=str(tmp_path_factory.mktemp('memory')))
+  s, state, text, _ = train.setup(rl, train.DataConfig(), run, (1, 2, 1), None)
+  examples = [data.Example('q', '3', '1 + 2 =', None), data.Example('q', '12', '1 + 2 + 3 =' * 2, None)]
+  lines = []
+  phases = memory.check_fits(s, state, text, examples, run, capacity=2 ** 40, log=lines.append)
+  return s, state, text, examples, run, phases, lines
+
+
+def test_check_fits_reports_the_need_next_to_the_capacity(policy):
+  s, state, text, examples, run, phases, lines = policy
+  assert len(lines) == 1 and lines[0].startswith('memory per device (XLA\'s estimate): update ')
+  assert 'of 1024.00 GiB (cpu; fits under 90%: 921.60 GiB)' in lines[0]
+  assert '8 rows x 32 + 32 tokens in 1 micro-batch' in lines[0]   # the longest prompt, 22 characters: bucket 32
+  params = memory.nbytes_per_device(memory.abstract(state['params']))
+  opt = memory.nbytes_per_device(memory.abstract(state['opt_state']))
+  # The update holds the state (donated: its outputs alias it) and the frozen reference beside it; the sampler
+  # holds the parameters it samples with, the optimizer state and the reference beside it.
+  u, smp = phases['update'], phases['sampler']
+  assert u.resident == params and u.alias >= params + opt and u.need > 2 * params + opt
+  assert smp.resident == opt + params and smp.argument >= params and smp.need > 2 * params + opt
+
+
+def test_check_fits_names_the_micro_batches_that_fit(policy):
+  """Room for a little less than the step in one slice: the step in two slices (compiled now) fits."""
+  s, state, text, examples, run, phases, _ = policy
+  capacity = int((phases['update'].need - 1) / memory.HEADROOM)
+  assert phases['sampler'].need < memory.HEADROOM * capacity
+  lines = []
+  with pytest.raises(ValueError, match=r'^out of memory before the first step: the update step needs .* per device '
+                                       r'\(8 rows in 1 micro-batch\): --micro_batches=2 fits \(.*\); or use more '
+                                       r'devices \(--mesh\)\. Capacity'):
+    memory.check_fits(s, state, text, examples, run, capacity=capacity, log=lines.append)
+  assert lines[1:] == ['memory: the update does not fit; compiling it with --micro_batches=2 ...']
+
+
+def fake_phases(monkeypatch, update_needs, sampler_need):
+  """check_fits with made-up needs instead of compiling: memory.train_step returns (micro-batches, remat), the
+  run's own step is 'run'; returns the list of steps whose need was asked for, in order."""
+  asked = []
+  phase = lambda need: memory.Phase(argument=need, output=0, temp=0, alias=0, resident=0, seconds=0.0)
+  monkeypatch.setattr(memory, 'train_step', lambda s, state, m, remat: (m, remat))
+  monkeypatch.setattr(memory, 'update_phase', lambda step, *a: (
+      asked.append(step if isinstance(step, tuple) else 'run'), phase(update_needs[asked[-1]]))[1])
+  monkeypatch.setattr(memory, 'sampler_phase', lambda *a, **k: phase(sampler_need))
+  return asked
+
+
+def test_the_search_doubles_the_micro_batches_then_adds_remat(policy, monkeypatch):
+  """8 rows over 2 devices: 1, 2 or 4 slices. More slices first, then --remat with 1, 2, 4 slices; the first that
+  fits is named. (Capacity 100: 90 usable.)"""
+  s, state, text, examples, run, _, _ = policy
+  asked = fake_phases(monkeypatch, {'run': 100, (2, False): 95, (4, False): 91, (1, True): 92, (2, True): 60}, 10)
+  with pytest.raises(ValueError, match='--remat --micro_batches=2 fits'):
+    memory.check_fits(s, state, text, examples, run, capacity=100, log=lambda line: None)
+  assert asked == ['run', (2, False), (4, False), (1, True), (2, True)]
+
+
+def test_check_fits_says_when_nothing_fits_and_when_the_sampler_does_not(policy, monkeypatch):
+  s, state, text, examples, run, _, _ = policy
+  asked = fake_phases(monkeypatch, {k: 200 for k in ('run', (2, False), (4, False), (1, True), (2, True),
+                                                     (4, True))}, 200)
+  with pytest.raises(ValueError) as e:
+    memory.check_fits(s, state, text, examples, run, capacity=100, log=lambda line: None)
+  message = str(e.value)
+  assert 'no --micro_batches that divides the rows fits, with or without --remat' in message
+  assert 'the sampler needs 0.00 GiB per device for 2 prompts x 4 samples of up to 32 tokens' in message
+  assert '--num_prompts' in message and '--max_new_tokens' in message and '--mesh' in message
+  assert len(asked) == 6
+  # With --remat already on, the search does not offer it.
+  asked.clear()
+  with pytest.raises(ValueError, match='no --micro_batches'):
+    memory.check_fits(s, state, text, examples, dataclasses.replace(run, remat=True), capacity=100,
+                      log=lambda line: None)
+  assert asked == ['run', (2, True), (4, True)]
+
+
+def test_the_rebuilt_step_has_train_pys_loss(policy):
+  s = policy[0]
+  for rl, kl_in in ((train.RLConfig(kl_coef=0.1, entropy_coef=0.01), 'loss'), (train.RLConfig(kl_coef=0.1),
+                                                                               'reward')):
+    ours, theirs = memory.train_loss(dataclasses.replace(s, rl=rl, kl_in=kl_in)), train.loss_fn(rl, kl_in)
+    assert (ours.func, ours.keywords) == (theirs.func, theirs.keywords)
+  assert memory.train_loss(dataclasses.replace(s, rl=train.RLConfig(mode='sft'))) is update.sft_loss
