@@ -18,8 +18,8 @@ sit between `<!-- findings:KEY -->` and `<!-- /findings:KEY -->` (KEY in BLOCKS)
 touched, and a missing marker stops the script before any run starts. A marker followed by a line break holds
 whole lines (a table); one followed by text on its line holds inline text.
 
-Time: about 3.5 minutes per embedded-task run and 3 per collapse run on an idle 2-core CPU, so the 29 runs take
-about 1 hour 45 minutes. Results are deterministic on one machine: `--jobs 2` gives the same numbers, only the
+Time: the default run alone takes about 4 minutes on an idle 2-core CPU; the 29 runs with --jobs 2 took about 2
+hours there (7-12 minutes a run while two share the machine). Results are deterministic on one machine: `--jobs 2` gives the same numbers, only the
 times differ (a run that shared the machine is marked so in the JSON and the README).
 """
 import argparse

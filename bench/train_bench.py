@@ -133,12 +133,17 @@ def torch_fns(cfg, params, batch, threads):
   return {'torch fwd': fwd, 'torch fwd+bwd': fwd_bwd}, fwd().numpy()
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def batch_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+  """The batch's flags, shared with bench/train_profile.py."""
   p.add_argument('--num_prompts', type=int, default=4)
   p.add_argument('--num_samples', type=int, default=4)
   p.add_argument('--prompt_len', type=int, default=32)
   p.add_argument('--response_len', type=int, default=128)
+  return p
+
+
+def main():
+  p = batch_args(argparse.ArgumentParser(description=__doc__.split('\n')[0]))
   p.add_argument('--steps', type=int, default=3, help='timed calls per measurement (the best counts)')
   p.add_argument('--repeats', type=int, default=2)
   p.add_argument('--torch', action=argparse.BooleanOptionalAction, default=True)

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model  # noqa: E402
 import sharding  # noqa: E402
 import update  # noqa: E402
-from bench.train_bench import CFG, make_batch  # noqa: E402
+from bench.train_bench import CFG, batch_args, make_batch  # noqa: E402
 
 GROUPS = ('layer matmuls', 'attention', 'norms + rotary', 'head', 'layer stacking', 'optimizer', 'other')
 
@@ -61,11 +61,7 @@ def group(op: str, meta: str) -> str:
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--num_prompts', type=int, default=4)
-  p.add_argument('--num_samples', type=int, default=4)
-  p.add_argument('--prompt_len', type=int, default=32)
-  p.add_argument('--response_len', type=int, default=128)
+  p = batch_args(argparse.ArgumentParser(description=__doc__.split('\n')[0]))
   p.add_argument('--top', type=int, default=0, help='also list the N slowest ops (group, shape, JAX name)')
   args = p.parse_args()
   cfg, rows = CFG, args.num_prompts * args.num_samples
