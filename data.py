@@ -110,6 +110,7 @@ _METADATA_FROM_GOLD = {
     'bitwise_arithmetic': lambda gold: {'problem': gold} if re.fullmatch(r'-?(0x[0-9a-fA-F]+|\d+)', gold) else {},
 }
 
+
 def load_splits(spec: str, eval_spec: str = '', *, mode: str, seed: int, size: int, eval_prompts: int,
                 val_prompts: int) -> tuple[list[Example], list[Example], list[Example], Callable | None]:
   """(training, held-out, validation examples, the task's verifier) for a run. The held-out prompts come from

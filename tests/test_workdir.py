@@ -260,11 +260,18 @@ def test_sigterm_saves_the_step_in_flight_and_the_rerun_ends_as_if_uninterrupted
   assert_same_run(full, wd)
 
 
+def damaged_copy(full, path, *steps) -> str:
+  """A copy of the uninterrupted run's workdir at `path` with the checkpoints of `steps` truncated."""
+  wd = str(path)
+  shutil.copytree(full, wd)
+  for step in steps:
+    truncate(wd, step)
+  return wd
+
+
 @pytest.mark.slow
 def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_run_falls_back(full, tmp_path):
-  wd = str(tmp_path / 'damaged')
-  shutil.copytree(full, wd)
-  truncate(wd, 6)
+  wd = damaged_copy(full, tmp_path / 'damaged', 6)
   sizes = {k: v[0] for k, v in fingerprint(os.path.join(wd, 'checkpoints', '6')).items()}
   shutil.rmtree(os.path.join(wd, 'hf'))   # so the export compared below is the rerun's
   p = run_train(f'--workdir={wd}', '--checkpoint_every=2')
@@ -279,10 +286,7 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_run_falls_back(full,
 
 @pytest.mark.slow
 def test_when_no_checkpoint_restores_the_run_stops_with_one_line_and_changes_nothing(full, tmp_path):
-  wd = str(tmp_path / 'lost')
-  shutil.copytree(full, wd)
-  truncate(wd, 4)
-  truncate(wd, 6)
+  wd = damaged_copy(full, tmp_path / 'lost', 4, 6)
   before = fingerprint(wd)
   p = run_train(f'--workdir={wd}', '--checkpoint_every=2', check=False)
   assert p.returncode == 1
