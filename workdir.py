@@ -33,6 +33,8 @@ import signal
 import sys
 import threading
 import time
+import traceback
+import warnings
 
 import jax
 from jax.experimental import multihost_utils
@@ -172,30 +174,49 @@ class _QuietOrbax(logging.Filter):
     return record.levelno < logging.ERROR or f'{os.sep}orbax{os.sep}' not in record.pathname
 
 
-def _drop_closed_loop_noise():
-  """After a failed save or restore, tensorstore still completes callbacks onto orbax's event loop, already closed:
-  an unraisable "RuntimeError: Event loop is closed" with a traceback, maybe seconds later. Harmless: dropped from
-  then on; every other unraisable exception goes to the hook there was."""
+def _from_orbax(exc) -> bool:
+  tb = getattr(exc, '__traceback__', None)
+  files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(tb)]
+  return 'tensorstore' in str(exc) or any(f'{os.sep}orbax{os.sep}' in f for f in files)
+
+
+class _DropLeftovers(logging.Filter):
+  """asyncio's "Future/Task exception was never retrieved" for orbax's reads and writes of the other arrays."""
+
+  def filter(self, record):
+    exc = record.exc_info[1] if record.exc_info else None
+    unretrieved = str(record.msg).split('\n', 1)[0].endswith('exception was never retrieved')
+    return not (unretrieved and exc is not None and _from_orbax(exc))
+
+
+def _drop_failed_call_leftovers():
+  """Once one array of a save or restore fails, orbax closes its event loop and gives up on the others, which
+  tensorstore is still reading or writing. Each of those then leaves noise, during the call or seconds after it:
+  an unraisable "RuntimeError: Event loop is closed" (when it completes onto the closed loop), an asyncio "exception
+  was never retrieved" record, a "coroutine was never awaited" warning. The caller has already turned the one
+  failure that matters into one line, so these are dropped, from the first save or restore on. Every other
+  unraisable exception, asyncio record and warning goes where it went before."""
   previous = sys.unraisablehook
-  if getattr(previous, 'drops_closed_loop', False):
+  if getattr(previous, 'drops_orbax_leftovers', False):
     return
 
   def hook(unraisable):
     if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'):
       previous(unraisable)
-  hook.drops_closed_loop = True
+  hook.drops_orbax_leftovers = True
   sys.unraisablehook = hook
+  logging.getLogger('asyncio').addFilter(_DropLeftovers())
+  warnings.filterwarnings('ignore', message=r'coroutine .* was never awaited', category=RuntimeWarning,
+                          module=r'orbax\.')
 
 
 @contextlib.contextmanager
 def _quiet_orbax():
+  _drop_failed_call_leftovers()   # before the call: the noise can come while it still runs
   absl_logger, quiet = logging.getLogger('absl'), _QuietOrbax()
   absl_logger.addFilter(quiet)
   try:
     yield
-  except Exception:
-    _drop_closed_loop_noise()
-    raise
   finally:
     absl_logger.removeFilter(quiet)
 

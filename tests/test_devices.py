@@ -1,8 +1,9 @@
 """Devices: the scripts use every device by default and say so, warn about an accelerator JAX does not see, and
 check before the first step that the update and the sampler fit in the device memory.
 
-The end-to-end runs (slow) start train.py and eval.py on 2, 4 and 8 fake CPU devices (XLA_FLAGS
---xla_force_host_platform_device_count); the rest runs in this process on conftest.py's eight.
+The end-to-end runs (slow) start train.py and eval.py on 3, 4 and 8 fake CPU devices (XLA_FLAGS
+--xla_force_host_platform_device_count; 1 device is every other test's, 2 per process test_scale.py's two-process
+run); the rest runs in this process on conftest.py's eight.
 """
 import dataclasses
 import os
@@ -28,10 +29,9 @@ def fake_devices_env(n):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The scripts on 2, 4 and 8 devices, with no flags but a short run
+# The scripts on 4 and 8 devices, with no flags but a short run
 
 RUNS = {   # name -> (fake CPU devices, script and its flags; --workdir / --out are added)
-    'train on 2': (2, ['train.py', '--mode=self', '--steps=1', '--eval_prompts=16']),
     'train on 4': (4, ['train.py', '--mode=self', '--steps=1', '--eval_prompts=16']),
     'train on 8': (8, ['train.py', '--mode=self', '--steps=2', '--eval_prompts=16']),
     'eval on 8': (8, ['eval.py', f'--model={train.EMBEDDED_WARMSTART}', f'--data={train.EMBEDDED_DATA}',

@@ -1,4 +1,5 @@
-"""Scale: the sharding rules on two meshes, gradient accumulation, checkpoints across meshes, the memory plan.
+"""Scale: the sharding rules on two meshes, each giving one device's update, gradient accumulation, checkpoints
+across meshes, the memory plan.
 
 All on the eight fake CPU devices of conftest.py, with configs small enough to compile in seconds.
 """
@@ -22,7 +23,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import plan  # noqa: E402
 
 # Every sharded dimension divides on both meshes: heads 8 and kv heads 4 over tensor=4, model dim 32 over fsdp=4.
-CFG = model.Config(vocab_size=64, d_model=32, num_layers=2, num_heads=8, num_kv_heads=4, head_dim=8, mlp_dim=48)
+# One layer: the layer axis is still there (and not sharded); the compiles are half as long.
+CFG = model.Config(vocab_size=64, d_model=32, num_layers=1, num_heads=8, num_kv_heads=4, head_dim=8, mlp_dim=48)
 MESHES = ((2, 4, 1), (1, 2, 4))
 
 
@@ -41,13 +43,16 @@ def random_batch(rows, Tp=4, N=6, V=64, seed=0):
           'row_weight': (rng.rand(rows) > 0.25).astype(np.float32)}   # some unlabelled prompts: weight 0
 
 
-def one_step(mesh_sizes, params, batch, micro_batches=1):
-  """train.py's placement (parameters, AdamW state) and one step; returns (state, aux)."""
+def two_steps(mesh_sizes, params, batch, micro_batches=1):
+  """train.py's placement (parameters, AdamW state) and two steps on the same batch; returns the second's
+  (state, aux). Two, because AdamW's first update is about lr x sign(gradient) whatever the gradient's scale: a
+  wrong reduction (a lost shard, a sum where a mean belongs) shows in the second."""
   mesh = sharding.make_mesh(mesh_sizes)
   opt = update.make_optimizer(LR)
   shardings = sharding.state_shardings(opt, params, sharding.param_shardings(CFG, mesh), mesh)
   state = sharding.init_state(opt, params, shardings)
   step = update.make_train_step(CFG, LOSS, opt, shardings, mesh, micro_batches)
+  state, _ = step(state, sharding.global_batch(batch, mesh))
   return step(state, sharding.global_batch(batch, mesh))
 
 
@@ -57,10 +62,11 @@ LOSS = train.loss_fn(train.RLConfig(kl_coef=0.1, entropy_coef=0.01), 'loss')
 
 @pytest.fixture(scope='module')
 def steps():
-  """One step on each mesh: on (2, 4, 1) over the whole batch, on (1, 2, 4) in 4 micro-batches of 8 rows."""
+  """Two steps on one device; on (2, 4, 1) over the whole batch; on (1, 2, 4) in 4 micro-batches of 8 rows."""
   params = model.init_params(CFG, jax.random.key(0))
   batch = random_batch(32)
-  return {MESHES[0]: one_step(MESHES[0], params, batch), MESHES[1]: one_step(MESHES[1], params, batch, 4)}
+  return {(1, 1, 1): two_steps((1, 1, 1), params, batch), MESHES[0]: two_steps(MESHES[0], params, batch),
+          MESHES[1]: two_steps(MESHES[1], params, batch, 4)}
 
 
 def test_parameters_and_optimizer_state_follow_the_rules_on_two_meshes(steps):
@@ -73,20 +79,31 @@ def test_parameters_and_optimizer_state_follow_the_rules_on_two_meshes(steps):
       specs = jax.tree.map(lambda a: a.sharding.spec, tree)
       assert specs == jax.tree.map(rules_spec, axes, is_leaf=is_leaf), sizes
     assert adam.count.sharding.spec == P()
-  # The tensor axis really splits: on (1, 2, 4) a device holds 2 of the 8 query heads and half the model dim.
-  q = steps[(1, 2, 4)][0]['params']['layers']['q']
-  assert q.addressable_shards[0].data.shape == (2, 16, 2, 8)
+    # The rules as written down by hand: FSDP over the model dimension, tensor parallelism over heads and MLP.
+    assert state['params']['layers']['q'].sharding.spec == P(None, 'fsdp', 'tensor', None)
+    assert state['params']['layers']['down'].sharding.spec == P(None, 'tensor', 'fsdp')
+    assert state['params']['embed'].sharding.spec == P('tensor', 'fsdp')
+    assert adam.mu['layers']['gate'].sharding.spec == P(None, 'fsdp', 'tensor')
+    assert adam.nu['layers']['k'].sharding.spec == P(None, 'fsdp', 'tensor', None)
+  # The axes really split: a quarter of the model dim per device on (2, 4, 1); on (1, 2, 4) a device holds 2 of
+  # the 8 query heads and half the model dim.
+  assert steps[(2, 4, 1)][0]['params']['layers']['q'].addressable_shards[0].data.shape == (1, 8, 8, 8)
+  assert steps[(1, 2, 4)][0]['params']['layers']['q'].addressable_shards[0].data.shape == (1, 16, 2, 8)
 
 
-def test_micro_batches_on_another_mesh_give_the_same_update(steps):
-  """4 slices of 8 rows on (1, 2, 4), each normalised by the whole batch's token count, sum to the token-mean
-  of the whole batch on (2, 4, 1). Some rows have weight 0 and lengths differ, so a per-slice mean would give
-  another loss and gradient; float32 sums in another order differ by ~1e-7 (see test_train.py)."""
-  (full, aux_full), (micro, aux_micro) = steps[MESHES[0]], steps[MESHES[1]]
-  for k in aux_full:
-    np.testing.assert_allclose(float(aux_micro[k]), float(aux_full[k]), rtol=1e-5, atol=1e-6, err_msg=k)
-  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(micro)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
+def test_every_mesh_and_micro_batching_give_the_single_device_update(steps):
+  """On (2, 4, 1) over the whole batch and on (1, 2, 4) in 4 slices of 8 rows, each slice normalised by the whole
+  batch's token count: the loss, its parts and the weights after two steps are those of one device. Some rows
+  have weight 0 and lengths differ, so a per-slice mean would give another loss and gradient. Float32 sums in
+  another order differ by ~1e-7, and AdamW divides by sqrt(v), which magnifies that for weights with near-zero
+  gradients: 1e-4 is 1% of one update (lr 1e-2), while a sharding bug moves weights by a whole update."""
+  one, aux_one = steps[(1, 1, 1)]
+  for sizes in MESHES:
+    state, aux = steps[sizes]
+    for k in aux_one:
+      np.testing.assert_allclose(float(aux[k]), float(aux_one[k]), rtol=1e-5, atol=1e-6, err_msg=f'{sizes} {k}')
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(state), strict=True):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4, rtol=1e-4, err_msg=str(sizes))
   # The per-slice-mean alternative really differs here (so the check above can fail).
   batch = random_batch(32)
   count = lambda rows: (batch['mask'][rows] * batch['row_weight'][rows, None]).sum()

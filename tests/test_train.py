@@ -5,7 +5,6 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -328,51 +327,12 @@ def test_unknown_reward_advantage_and_kl_in_are_errors_naming_the_flag():
       train.validate(train.RLConfig(**{field: value}), dc, run, 1)
   with pytest.raises(train.FlagError, match='--vote_samples=4 must be 0 or >= --num_samples=8'):
     train.validate(train.RLConfig(vote_samples=4), dc, run, 1)
+  with pytest.raises(train.FlagError, match='--num_samples=1: RL needs at least 2 samples per prompt'):
+    train.validate(train.RLConfig(num_samples=1), dc, run, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sharding: the step on 8 fake CPU devices equals the single-device step
-
-
-def sharded_step(mesh_sizes, cfg, params, batch, loss_fn):
-  mesh = sharding.make_mesh(mesh_sizes)
-  opt = update.make_optimizer(1e-2)
-  shardings = sharding.state_shardings(opt, params, sharding.param_shardings(cfg, mesh), mesh)
-  state = sharding.init_state(opt, params, shardings)
-  step = update.make_train_step(cfg, loss_fn, opt, shardings, mesh)
-  state, aux = step(state, batch)
-  return step(state, batch)
-
-
-def test_sharded_step_equals_single_device():
-  cfg = model.Config(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48)
-  params = model.init_params(cfg, jax.random.key(0))
-  rng = np.random.RandomState(0)
-  B, Tp, N = 16, 4, 6
-  batch = {'prompt_tokens': rng.randint(0, 64, (B, Tp)).astype(np.int32), 'prompt_valid': np.ones((B, Tp), bool),
-           'tokens': rng.randint(0, 64, (B, N)).astype(np.int32),
-           'mask': (np.arange(N)[None] < rng.randint(1, N + 1, (B, 1))).astype(np.float32),
-           'old_logp': -rng.rand(B, N).astype(np.float32) * 4, 'ref_logp': -rng.rand(B, N).astype(np.float32) * 4,
-           'advantages': rng.randn(B).astype(np.float32), 'row_weight': np.ones(B, np.float32)}
-  loss_fn = train.loss_fn(train.RLConfig(kl_coef=0.1, entropy_coef=0.01), 'loss')
-  ref, _ = sharded_step((1, 1, 1), cfg, params, batch, loss_fn)
-  for sizes in ((2, 4, 1), (2, 2, 2)):   # tests/test_scale.py adds (1, 2, 4) with micro-batches
-    got, _ = sharded_step(sizes, cfg, params, batch, loss_fn)
-    # Float32 sums in another order differ by ~1e-7; Adam divides by sqrt(v), which magnifies that for weights
-    # with near-zero gradients. 1e-4 is 1% of one update (lr 1e-2): a real sharding bug (a lost shard of the
-    # batch, a wrong reduction) moves weights by a whole update.
-    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
-    P = jax.sharding.PartitionSpec
-    assert got['params']['layers']['q'].sharding.spec == P(None, 'fsdp', 'tensor', None)
-    assert got['params']['layers']['down'].sharding.spec == P(None, 'tensor', 'fsdp')
-    assert got['params']['embed'].sharding.spec == P('tensor', 'fsdp')
-    adam = got['opt_state'][1][0]
-    assert adam.mu['layers']['gate'].sharding.spec == P(None, 'fsdp', 'tensor')
-    assert adam.nu['layers']['k'].sharding.spec == P(None, 'fsdp', 'tensor', None)
-    assert adam.count.sharding.spec == P()
-    if sizes == (2, 4, 1):   # the shards really are split: a quarter of the model dim per device
-      assert got['params']['layers']['q'].addressable_shards[0].data.shape == (2, 8, 4, 8)
 
 
 def test_ema_teacher_by_hand():
@@ -523,7 +483,7 @@ def test_two_steps_on_a_tiny_random_checkpoint_of_each_family(tmp_path, family):
   cls(config).save_pretrained(path)
   hf.build_char_tokenizer(path)
   wd = str(tmp_path / 'run')
-  args = [a for a in RL_ARGS if not a.startswith('--model')] + [f'--model={path}', '--steps=2', '--eval_prompts=4']
+  args = [a for a in RL_ARGS if not a.startswith('--model')] + [f'--model={path}', '--steps=2', '--eval_prompts=0']
   run_train('--mode=self', f'--workdir={wd}', *args)
   assert [r['step'] for r in read_jsonl(os.path.join(wd, 'metrics.jsonl'))] == [1, 2]
   cfg, _ = hf.load_checkpoint(os.path.join(wd, 'hf'))
@@ -549,35 +509,6 @@ def test_readme_fork_example_runs(tmp_path):
   trace = read_jsonl(os.path.join(wd, 'trace.jsonl'))
   for t in trace:   # agreement minus 0.001 per token: no reward is a whole number any more
     assert all(s['reward'] != round(s['reward']) for s in t['samples'])
-
-
-@pytest.mark.slow
-def test_kill_and_resume_is_bit_identical(tmp_path):
-  args = ['--mode=self', '--checkpoint_every=2', *RL_ARGS, '--steps=6', '--eval_prompts=0']
-  full = str(tmp_path / 'full')
-  run_train(*args, f'--workdir={full}')
-  # The same run, killed with SIGKILL once step 3 is logged (step 2's checkpoint is on disk), then resumed.
-  cut = str(tmp_path / 'cut')
-  env = dict(os.environ, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu')
-  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *args, f'--workdir={cut}'],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-  for line in proc.stdout:
-    if line.startswith('step 3/6'):
-      proc.send_signal(signal.SIGKILL)
-      break
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL
-  assert len(read_jsonl(os.path.join(cut, 'metrics.jsonl'))) == 3
-  p = run_train(*args, f'--workdir={cut}')
-  assert 'resumed from step 2' in p.stdout
-  a, b = read_jsonl(os.path.join(full, 'metrics.jsonl')), read_jsonl(os.path.join(cut, 'metrics.jsonl'))
-  timing = ('step_time', 'rollout_time', 'update_time', 'tokens_per_s')
-  strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]
-  assert strip(a) == strip(b)
-  _, pa = hf.load_checkpoint(os.path.join(full, 'hf'))
-  _, pb = hf.load_checkpoint(os.path.join(cut, 'hf'))
-  for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_half_written_checkpoint_is_never_loaded(tmp_path):
@@ -619,12 +550,11 @@ def test_bad_data_files_fail_before_compile_and_keep_checkpoints(warm, tmp_path,
 
 @pytest.mark.slow
 def test_bad_flags_and_foreign_workdir(warm, tmp_path):
+  """One of each way a run is refused before it starts, as the user sees it: a one-line error, no traceback, and
+  the checkpoints there untouched. (Each flag's own checks are tested in-process, on train.validate.)"""
   before = checkpoint_fingerprint(warm)
   cases = [(['--data=rg:no_such_task'], 'no_such_task'),
            (['--mesh=4,1,1'], '--mesh'),
-           (['--num_samples=1'], '--num_samples=1'),
-           (['--reward=majority'], '--reward=\'majority\''),
-           (['--advantage=ppo'], '--advantage=\'ppo\''),
            (['--mode=self', f'--model={tmp_path}'], '--model'),
            # the warm-start workdir belongs to an sft run of the tiny policy: a self run there is refused
            (['--mode=self', f'--model={SHIPPED}', f'--data={TASK}'], '--workdir')]

@@ -4,9 +4,10 @@ In-process, on a tiny state: the signal flag (a second signal ignored, exit stat
 the multi-process branch with JAX's preemption service stubbed out, the fall-back past a truncated checkpoint, the
 error that changes nothing when none restores, a save into a full disk or a read-only directory (a child process:
 a file-size limit stands in for the full disk, and root needs its permission override dropped to meet a
-read-only directory). End to end, train.py in subprocesses: SIGTERM mid-run and the rerun, a truncated latest
-checkpoint and the rerun, every checkpoint truncated -- each compared with one uninterrupted run (history, trace
-and exported weights identical, timing fields aside) or with the workdir as it was before.
+read-only directory). End to end, train.py in subprocesses: SIGTERM mid-run and the rerun, SIGKILL mid-run and
+the rerun, a truncated latest checkpoint and the rerun, every checkpoint truncated -- each compared with one
+uninterrupted run (history, trace and exported weights identical, timing fields aside) or with the workdir as it
+was before.
 """
 import os
 import re
@@ -153,6 +154,39 @@ def test_when_no_checkpoint_restores_nothing_changes(tmp_path):
   assert wd_lib.restore(wd_lib.checkpoint_manager(str(tmp_path / 'new')), tiny_state(0)) is None
 
 
+FAILED_RESTORES = r'''
+import gc, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import jax.numpy as jnp
+import workdir as wd_lib
+wd = sys.argv[2]
+state = {f'w{i}': jnp.arange(1000 * (i + 1), dtype=jnp.float32) for i in range(60)}
+mngr = wd_lib.checkpoint_manager(wd)
+for step in (2, 4):
+  wd_lib.save(mngr, step, state, step)
+for step in (2, 4):
+  for root, _, names in os.walk(os.path.join(wd, 'checkpoints', str(step), 'state')):
+    for f in names if os.path.basename(root) == 'd' else []:
+      os.truncate(os.path.join(root, f), os.path.getsize(os.path.join(root, f)) // 2)
+for _ in range(5):
+  try:
+    wd_lib.restore(mngr, state)
+  except ValueError as e:
+    assert str(e).startswith('--workdir='), e
+gc.collect()
+time.sleep(1)   # the reads orbax gave up on complete meanwhile
+'''
+
+
+def test_a_failed_restore_leaves_no_noise_behind(tmp_path):
+  """Once one array fails, orbax abandons the reads of the others; as they complete (during the call or after it)
+  they leave "Event loop is closed" tracebacks, "exception was never retrieved" records and "never awaited"
+  warnings. With 60 arrays and 5 failed restores every run showed some before they were dropped."""
+  r = subprocess.run([sys.executable, '-c', FAILED_RESTORES, ROOT, str(tmp_path)], capture_output=True, text=True,
+                     env=ENV, timeout=300)
+  assert r.returncode == 0 and r.stderr == '', r.stderr[-3000:]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A save that fails: in a child process, so the file-size limit and the dropped permission override end with it.
 
@@ -233,17 +267,22 @@ def full(tmp_path_factory):
   return wd
 
 
+def signal_after_step_3(signum, *args) -> subprocess.Popen:
+  """train.py started with ARGS and `args`, sent `signum` as soon as it prints the line of step 3."""
+  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *ARGS, *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
+  for line in proc.stdout:
+    if line.startswith('step 3/6'):
+      proc.send_signal(signum)
+      break
+  return proc
+
+
 @pytest.mark.slow
 def test_sigterm_saves_the_step_in_flight_and_the_rerun_ends_as_if_uninterrupted(full, tmp_path):
   wd = str(tmp_path / 'cut')
-  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *ARGS, f'--workdir={wd}',
-                           '--checkpoint_every=100'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=ENV, cwd=ROOT)
-  for line in proc.stdout:
-    if line.startswith('step 3/6'):
-      proc.send_signal(signal.SIGTERM)
-      sent = time.time()
-      break
+  proc = signal_after_step_3(signal.SIGTERM, f'--workdir={wd}', '--checkpoint_every=100')
+  sent = time.time()
   out, _ = proc.communicate(timeout=300)
   print(f'SIGTERM to exit: {time.time() - sent:.2f} s')
   assert proc.returncode == 75, out[-3000:]
@@ -257,6 +296,20 @@ def test_sigterm_saves_the_step_in_flight_and_the_rerun_ends_as_if_uninterrupted
   assert [r['step'] for r in wd_lib.read_jsonl(os.path.join(wd, 'metrics.jsonl'))] == list(range(1, saved + 1))
   p = run_train(f'--workdir={wd}', '--checkpoint_every=100')
   assert f'resumed from step {saved}' in p.stdout
+  assert_same_run(full, wd)
+
+
+@pytest.mark.slow
+def test_a_kill_loses_only_the_steps_since_the_last_checkpoint_and_the_rerun_ends_as_if_uninterrupted(full, tmp_path):
+  """SIGKILL (no grace period) once step 3 is logged: step 2's checkpoint is on disk, step 3's log line is cut
+  away on resume, and steps 3 to 6 run again."""
+  wd = str(tmp_path / 'killed')
+  proc = signal_after_step_3(signal.SIGKILL, f'--workdir={wd}', '--checkpoint_every=2')
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert len(wd_lib.read_jsonl(os.path.join(wd, 'metrics.jsonl'))) == 3
+  p = run_train(f'--workdir={wd}', '--checkpoint_every=2')
+  assert 'resumed from step 2' in p.stdout
   assert_same_run(full, wd)
 
 
