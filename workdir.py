@@ -175,6 +175,7 @@ class _QuietOrbax(logging.Filter):
 
 
 def _from_orbax(exc) -> bool:
+  """Whether an exception was raised in orbax's code or names tensorstore (whose errors carry its spec)."""
   tb = getattr(exc, '__traceback__', None)
   files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(tb)]
   return 'tensorstore' in str(exc) or any(f'{os.sep}orbax{os.sep}' in f for f in files)
@@ -197,17 +198,17 @@ def _drop_failed_call_leftovers():
   failure that matters into one line, so these are dropped, from the first save or restore on. Every other
   unraisable exception, asyncio record and warning goes where it went before."""
   previous = sys.unraisablehook
-  if getattr(previous, 'drops_orbax_leftovers', False):
-    return
-
-  def hook(unraisable):
-    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'):
-      previous(unraisable)
-  hook.drops_orbax_leftovers = True
-  sys.unraisablehook = hook
-  logging.getLogger('asyncio').addFilter(_DropLeftovers())
+  if not getattr(previous, 'drops_orbax_leftovers', False):   # installed once (again if another replaced it)
+    def hook(unraisable):
+      if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'):
+        previous(unraisable)
+    hook.drops_orbax_leftovers = True
+    sys.unraisablehook = hook
+  asyncio_logger = logging.getLogger('asyncio')
+  if not any(isinstance(f, _DropLeftovers) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_DropLeftovers())
   warnings.filterwarnings('ignore', message=r'coroutine .* was never awaited', category=RuntimeWarning,
-                          module=r'orbax\.')
+                          module=r'orbax\.')   # an identical filter replaces the one there was
 
 
 @contextlib.contextmanager
