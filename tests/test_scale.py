@@ -249,16 +249,21 @@ print(json.dumps({'rows': str(sharding.process_rows(mesh, 16)), 'loss': float(au
 '''
 
 
+def free_port() -> int:
+  """A localhost port nothing listens on now: for the coordinator of a two-process run."""
+  import socket
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_two_processes_share_one_step(tmp_path):
   """Multi-host, simulated: two processes of 4 CPU devices each (jax.distributed over localhost, gloo collectives).
   Each gives the step its own 8 rows through sharding.global_batch; both see the loss one process computes alone,
   and the same updated weights."""
-  import socket
   import subprocess
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
+  port = free_port()
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {k: v for k, v in os.environ.items() if not k.startswith('XLA_')}
   procs = [subprocess.Popen([sys.executable, '-c', MULTIPROCESS_WORKER, str(i), str(port), root], env=env,
@@ -279,11 +284,8 @@ def test_two_processes_run_to_the_end_and_write_once(tmp_path):
   one 4-device mesh, the held-out evaluation works on parameters spread over both, and one set of logs, one
   summary and one Hugging Face export are written (by process 0), which loads and matches the checkpoint."""
   import json
-  import socket
   import subprocess
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
+  port = free_port()
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   wd = str(tmp_path / 'run')
   args = ['--distributed', '--mode=self', '--steps=2', '--num_prompts=4', '--num_samples=4', '--max_new_tokens=24',
