@@ -166,19 +166,23 @@ class Preemption:
     self.close()
 
 
+def _orbax_file(path: str) -> bool:
+  """Whether a source file is orbax's own (its records and exceptions are the ones quieted here)."""
+  return f'{os.sep}orbax{os.sep}' in path
+
+
 class _QuietOrbax(logging.Filter):
   """orbax logs each failure of its worker threads as an ERROR with a traceback, before the same error reaches the
   caller, who turns it into one line; those records are dropped while a save or restore runs."""
 
   def filter(self, record):
-    return record.levelno < logging.ERROR or f'{os.sep}orbax{os.sep}' not in record.pathname
+    return record.levelno < logging.ERROR or not _orbax_file(record.pathname)
 
 
 def _from_orbax(exc) -> bool:
   """Whether an exception was raised in orbax's code or names tensorstore (whose errors carry its spec)."""
   tb = getattr(exc, '__traceback__', None)
-  files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(tb)]
-  return 'tensorstore' in str(exc) or any(f'{os.sep}orbax{os.sep}' in f for f in files)
+  return 'tensorstore' in str(exc) or any(_orbax_file(frame.f_code.co_filename) for frame, _ in traceback.walk_tb(tb))
 
 
 class _DropLeftovers(logging.Filter):
