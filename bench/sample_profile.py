@@ -44,6 +44,32 @@ def group(shape: str, op: str, meta: str, cfg: model.Config) -> str:
   return 'other'
 
 
+def hlo_ops(compiled) -> dict[str, tuple[str, str, str]]:
+  """Op name -> (shape, opcode, JAX op_name metadata), read from the HLO text of a compiled executable."""
+  ops = {}
+  for line in compiled.as_text().split('\n'):
+    m = re.match(r'\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\(', line)
+    if m:
+      meta = re.search(r'op_name="([^"]*)"', line)
+      ops[m.group(1)] = (m.group(2), m.group(3), meta.group(1) if meta else '')
+  return ops
+
+
+def op_times(fn) -> tuple[float, collections.Counter]:
+  """fn() once under the JAX profiler: (wall seconds, op name -> milliseconds in its trace events)."""
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d):
+      t = time.perf_counter()
+      fn()
+      wall = time.perf_counter() - t
+    trace = json.load(gzip.open(glob.glob(os.path.join(d, '**', '*.trace.json.gz'), recursive=True)[0]))
+  times = collections.Counter()
+  for e in trace['traceEvents']:
+    if e.get('ph') == 'X':
+      times[e['name']] += e['dur'] / 1e3
+  return wall, times
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--size', default='16x8', help='PxG: P prompts, G samples each')
@@ -57,27 +83,16 @@ def main():
   call = lambda k: jax.block_until_ready(sample.sample(params, cfg, prompts, num_samples=G, max_new_tokens=N,
                                                        temperature=1.0, key=jax.random.key(k), eos_ids=[]).tokens)
   call(0)   # compile
-  with tempfile.TemporaryDirectory() as d:
-    with jax.profiler.trace(d):
-      t = time.perf_counter()
-      call(1)
-      wall = time.perf_counter() - t
-    trace = json.load(gzip.open(glob.glob(os.path.join(d, '**', '*.trace.json.gz'), recursive=True)[0]))
-  # Op name -> (shape, metadata) from the compiled HLO of the same call.
+  wall, times = op_times(lambda: call(1))
+  # Op name -> (shape, opcode, metadata) from the compiled HLO of the same call.
   tokens, valid = sample.pad_prompts(prompts, 0)
-  hlo = sample._sample.lower(params, cfg, tokens, valid, jax.random.key(0), jnp.float32(1), jnp.float32(1),
-                             jnp.zeros((cfg.vocab_size,), bool), jnp.int32(0), num_samples=G, max_new_tokens=N,
-                             greedy=False, nucleus=False, mesh=None).compile().as_text()
-  ops = {}
-  for line in hlo.split('\n'):
-    m = re.match(r'\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\(', line)
-    if m:
-      meta = re.search(r'op_name="([^"]*)"', line)
-      ops[m.group(1)] = (m.group(2), m.group(3), meta.group(1) if meta else '')
+  ops = hlo_ops(sample._sample.lower(params, cfg, tokens, valid, jax.random.key(0), jnp.float32(1), jnp.float32(1),
+                                     jnp.zeros((cfg.vocab_size,), bool), jnp.int32(0), num_samples=G,
+                                     max_new_tokens=N, greedy=False, nucleus=False, mesh=None).compile())
   total = collections.Counter()
-  for e in trace['traceEvents']:
-    if e.get('ph') == 'X' and e['name'] in ops:
-      total[group(*ops[e['name']], cfg)] += e['dur'] / 1e3   # ms
+  for name, ms in times.items():
+    if name in ops:
+      total[group(*ops[name], cfg)] += ms
   busy = sum(total.values())
   print(f'{args.size}: {P * G * N / wall:,.0f} tok/s, {wall * 1e3:.0f} ms for {N} tokens per row; time in ops '
         f'{busy:.0f} ms')

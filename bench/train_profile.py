@@ -21,14 +21,9 @@ time when it does; the shares are of the ops' total.
 """
 import argparse
 import collections
-import glob
-import gzip
-import json
 import os
 import re
 import sys
-import tempfile
-import time
 
 import jax
 
@@ -36,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model  # noqa: E402
 import sharding  # noqa: E402
 import update  # noqa: E402
+from bench.sample_profile import hlo_ops, op_times  # noqa: E402
 from bench.train_bench import CFG, batch_args, make_batch  # noqa: E402
 
 GROUPS = ('layer matmuls', 'attention', 'norms + rotary', 'head', 'layer stacking', 'optimizer', 'other')
@@ -73,30 +69,22 @@ def main():
   step = update.make_train_step(cfg, loss_fn, opt, shardings, mesh)
   batch = sharding.global_batch(make_batch(rows, args.prompt_len, args.response_len, cfg.vocab_size), mesh)
   state = sharding.init_state(opt, params, shardings)
-  # Op name -> (opcode, metadata) from the compiled HLO of the same call.
-  hlo = step.lower(state, batch).compile().as_text()
-  ops = {}
-  for line in hlo.split('\n'):
-    m = re.match(r'\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\(', line)
-    if m:
-      meta = re.search(r'op_name="([^"]*)"', line)
-      ops[m.group(1)] = (m.group(3), meta.group(1) if meta else '', m.group(2))
+  ops = hlo_ops(step.lower(state, batch).compile())   # op name -> (shape, opcode, metadata), the same call's
   state, aux = step(state, batch)   # compile, and the first call's allocations
   jax.block_until_ready(aux)
-  with tempfile.TemporaryDirectory() as d:
-    with jax.profiler.trace(d):
-      t = time.perf_counter()
-      state, aux = step(state, batch)
-      jax.block_until_ready(aux)
-      wall = time.perf_counter() - t
-    trace = json.load(gzip.open(glob.glob(os.path.join(d, '**', '*.trace.json.gz'), recursive=True)[0]))
+
+  def one_step():
+    nonlocal state
+    state, aux = step(state, batch)
+    jax.block_until_ready(aux)
+  wall, times = op_times(one_step)
   total = collections.defaultdict(float)   # (group, 'fwd' | 'bwd') -> ms
   per_op = collections.Counter()
-  for e in trace['traceEvents']:
-    if e.get('ph') == 'X' and e['name'] in ops:
-      op, meta, shape = ops[e['name']]
-      total[group(op, meta), 'bwd' if 'transpose(' in meta else 'fwd'] += e['dur'] / 1e3
-      per_op[e['name']] += e['dur'] / 1e3
+  for name, ms in times.items():
+    if name in ops:
+      shape, op, meta = ops[name]
+      total[group(op, meta), 'bwd' if 'transpose(' in meta else 'fwd'] += ms
+      per_op[name] += ms
   busy = sum(total.values())
   print(f'policy {cfg.num_layers} layers, d_model {cfg.d_model}; batch {rows} rows x ({args.prompt_len} + '
         f'{args.response_len}) tokens; step {wall * 1e3:.0f} ms wall, {busy:.0f} ms in ops')
@@ -105,7 +93,7 @@ def main():
     ms = total[g, 'fwd'] + total[g, 'bwd']
     print(f'  {g:16s} {total[g, "fwd"]:7.0f} ms {total[g, "bwd"]:7.0f} ms {ms:7.0f} ms {ms / busy:7.1%}')
   for name, ms in per_op.most_common(args.top):
-    op, meta, shape = ops[name]
+    shape, op, meta = ops[name]
     print(f'  {ms:7.1f} ms  {group(op, meta):14s} {shape.split("{")[0]:24s} {meta.removeprefix("jit(step)/")}')
 
 
