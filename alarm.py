@@ -6,27 +6,45 @@ what the learner itself sees?
 Self-rewarded training collapses in recognisable ways (SRT paper, Sec. 5; Co-rewarding, arXiv 2508.00410). Under
 the vote the policy learns to agree with itself rather than to be right: its samples converge on one answer per
 prompt while it drifts far from where it started (the KL to the starting policy jumps) and its outputs degenerate
-(responses shrink). Under other label-free rewards the outputs degenerate in other directions (self-certainty
-lengthens them and stops boxing answers). The true accuracy falls at the same time, but a label-free run cannot
-see that; these signals it can.
+(responses shrink). The true accuracy falls at the same time, but a label-free run cannot see that; these signals
+it can.
 
 The alarm fires on a step when, averaged over the last WINDOW steps, any of these holds:
   - the KL to the starting policy is at least KL per token;
   - the response length has moved more than LENGTH (a fraction) from its average over the first BASELINE steps;
   - the parse rate (answers in a box) has fallen below PARSE times its average over the first BASELINE steps.
-The thresholds were set on the embedded task (README, "Beyond the vote"). There, healthy runs stay far inside
-them: the default run's 5-step KL peaks near 0.02 and a run at twice its learning rate, which declines slowly
-without collapsing, near 0.05; their lengths stay within 2% of the start and their parse rates near 1. The
-collapsing runs cross them a step or two before held-out accuracy is 5 points down. On other models and tasks,
-check them against a healthy run of your own: they are module constants.
+It needs BASELINE steps of history (the run's first steps, read back from metrics.jsonl on a resume), so it cannot
+fire before step 10.
+
+The thresholds were set on the README's runs ("Beyond the vote": Table 1 on the embedded task, Table 2 in the
+collapse setting; their per-step histories are in assets/findings.json), and every number below is measured on
+those same runs: an in-sample fit, not a test on runs the thresholds had not seen.
+  - Healthy runs (the 13 embedded-task runs whose held-out avg@8 never fell 5 points below its start) never fired.
+    The default run's 5-step KL peaks at 0.019 (0.023 on seed 1), the other runs at the default learning rate at
+    0.046 at most; the run at twice that rate (1e-4), which gives its gain back without collapsing, peaks at 0.0799
+    at step 140, just under the 0.08 threshold. Their 5-step lengths stay within 2.3% of the start, their parse
+    rates within 1%.
+  - Collapsing runs (Table 2: sums of 3-4 numbers, learning rate 1e-4, held-out avg@8 every 5 steps, so lead times
+    are good to 5 steps; every 25 on the offline curriculum's run): the alarm fired from 40 steps before to 5 steps
+    after held-out avg@8 first fell 5 points below its start. Lead times: -5 (random), 0 (online curriculum, soft
+    vote), 1 (negative entropy), 3 (vote), 34 (format-only), 35 (offline curriculum), 40 (self-certainty). It
+    fired first on the response length on four of these runs (vote, online curriculum, where the KL crossed too,
+    soft vote, negative entropy) and on the KL on the other four. The parse rate never fired first on any run: it
+    fell below its threshold only under the random reward (three runs), 21 to 64 steps after the alarm had fired.
+  - Self-certainty does not degenerate the outputs the way the vote does: its response length and parse rate stay
+    flat (5-step lengths within 8.3% of the start, parse rates within 1%), while its KL spikes; the alarm fires on
+    the KL (step 10 in the collapse setting; on the embedded task only at steps 56 and 63, after held-out avg@8 had
+    already fallen to 0.42 and 0.47 by step 50). A slow decline can stay under every threshold: format-only on
+    seed 1 of the embedded task lost 23 points and never fired.
+On other models and tasks, check the thresholds against a healthy run of your own: they are module constants.
 """
 import numpy as np
 
 WINDOW = 5       # steps averaged, so one noisy batch does not fire it
 BASELINE = 10    # first steps, the reference for length and parse rate
-KL = 0.08        # k3 KL to the starting policy, per token (healthy runs here: below 0.05)
-LENGTH = 0.1     # responses 10% shorter or longer than at the start (healthy runs here: within 2%)
-PARSE = 0.9      # a tenth fewer boxed answers than at the start
+KL = 0.08        # k3 KL to the starting policy, per token (healthy runs here: at most 0.046, 0.0799 at lr 1e-4)
+LENGTH = 0.1     # responses 10% shorter or longer than at the start (healthy runs here: within 2.3%)
+PARSE = 0.9      # a tenth fewer boxed answers than at the start (healthy runs here: within 1%)
 
 
 def collapse_alarm(history: list[dict]) -> bool:

@@ -8,7 +8,8 @@ early-stopping pick that train.py reports.
 --model is a Hugging Face directory (config.json, model.safetensors, tokenizer files), a training workdir holding
 one at <workdir>/hf (train.py exports there), or a Hugging Face hub id (ORG/NAME, downloaded once into the
 standard cache). train.py calls `evaluate` for its held-out numbers. The script uses every device JAX sees, the
-weights split over them as in training (--mesh, as train.py's); its first line says which devices.
+weights and each sampler call's rows split over them as in training (--mesh, as train.py's); its first line says
+which devices. With --distributed it runs as one process per host, as train.py does; process 0 prints and writes.
 
 For each prompt: k completions (`sample.generate`), each one's answer = its last \\boxed{} (`vote.extract_answer`),
 and a sample is correct when it earns full credit against the gold answer (`vote.correct`: vote.equivalent, or
@@ -88,6 +89,21 @@ def early_stopping_step(val: list[tuple[int, float]]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------ evaluate
+BATCH_PROMPTS = 64   # prompts per sampler call by default: train.py's held-out evaluation, eval.py's --batch_prompts
+
+
+def chunk_size(num_prompts: int, batch_prompts: int, num_samples: int, mesh=None) -> int:
+  """Prompts per sampler call: at most batch_prompts (rounded down) and no more than num_prompts need (rounded up),
+  rounded to a multiple that the sampler splits over the mesh as training does: the prompts over its data axis, the
+  prompts x num_samples rows over the batch axes (data x fsdp). Without a mesh, min(batch_prompts, num_prompts)."""
+  size = min(batch_prompts, num_prompts)
+  if mesh is None:
+    return size
+  rows = math.prod(mesh.shape[a] for a in sharding.RULES['batch'])
+  step = math.lcm(mesh.shape['data'], rows // math.gcd(rows, num_samples))
+  return min(-(-num_prompts // step) * step, max(step, batch_prompts // step * step))
+
+
 def score_prompt(example: data.Example, completions: list[str], verifier=None) -> dict:
   """One prompt's record: its completions, their answers and correctness, the majority label and whether it is right."""
   extracted = [vote.extract_answer(t) for t in completions]
@@ -114,13 +130,16 @@ def summarize(records: list[dict]) -> dict:
 
 
 def evaluate(params, cfg, text: hf.Text, examples: list[data.Example], *, num_samples: int, max_new_tokens: int,
-             temperature: float, key, top_p: float = 1.0, verifier=None, batch_prompts: int = 64, mesh=None) -> dict:
+             temperature: float, key, top_p: float = 1.0, verifier=None, batch_prompts: int = BATCH_PROMPTS,
+             mesh=None) -> dict:
   """Samples num_samples completions per example and returns `summarize`'s dict (records and per-prompt avg@k
   included). `text` (hf.Text) encodes the prompts, with the chat template if it was loaded with one.
 
-  Prompts go to the sampler in chunks of a fixed size (the last one padded with repeats of its last prompt),
-  so the sampler compiles once per prompt-length bucket. Chunk c samples with key fold_in(key, c).
-  The chunk is min(batch_prompts, len(examples)); with a mesh it is batch_prompts, which must divide over it.
+  Prompts go to the sampler in chunks of a fixed size, `chunk_size` (the last one padded with repeats of its last
+  prompt, whose samples are dropped), so the sampler compiles once per prompt-length bucket. Chunk c samples with
+  key fold_in(key, c). With a mesh, the rows of a chunk are split over the data x fsdp devices as in training (on
+  an FSDP mesh each device holds its own rows and their KV cache, not every row); the parameters are used as
+  they are placed.
   """
   if not examples:
     raise ValueError('evaluate: no examples')
@@ -130,14 +149,15 @@ def evaluate(params, cfg, text: hf.Text, examples: list[data.Example], *, num_sa
     print(f'eval: {sum(ex.answer is None for ex in examples)} of {len(examples)} prompts have no gold answer '
           'and count as wrong', flush=True)
   n = len(examples)
-  size = batch_prompts if mesh is not None else min(batch_prompts, n)
+  size = chunk_size(n, batch_prompts, num_samples, mesh)
   records = []
   for c, lo in enumerate(range(0, n, size)):
     part = examples[lo:lo + size]
     prompts = [ex.prompt for ex in part] + [part[-1].prompt] * (size - len(part))
     start = time.time()
     texts = sample.generate(params, cfg, text, prompts, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                            temperature=temperature, top_p=top_p, key=jax.random.fold_in(key, c), mesh=mesh)
+                            temperature=temperature, top_p=top_p, key=jax.random.fold_in(key, c), mesh=mesh,
+                            batch_axes=sharding.RULES['batch'])
     records += [score_prompt(ex, group, verifier) for ex, group in zip(part, texts)]
     seconds = time.time() - start
     if jax.process_index() == 0:   # every process samples (one SPMD program), one reports
@@ -179,9 +199,12 @@ def define_flags():
                        'uses 3072 for Qwen2.5-Math')
   flags.DEFINE_float('temperature', 1.0, 'sampling temperature; 0 is greedy')
   flags.DEFINE_float('top_p', 1.0, 'nucleus sampling mass, in (0, 1]')
-  flags.DEFINE_integer('batch_prompts', 64, 'prompts per sampler call (a multiple of the data axis of --mesh)')
+  flags.DEFINE_integer('batch_prompts', BATCH_PROMPTS, 'prompts per sampler call (rounded to divide over --mesh as '
+                       'training batches do; see chunk_size)')
   flags.DEFINE_string('mesh', '', 'device mesh data,fsdp,tensor (one size may be -1); empty: every device, the '
                       'weights split over them (FSDP)')
+  flags.DEFINE_bool('distributed', False, 'multi-process (multi-host): call jax.distributed.initialize() first, as '
+                    'train.py --distributed; process 0 prints and writes --out')
   flags.DEFINE_bool('chat_template', False, 'wrap each prompt in the tokenizer\'s chat template (instruct models)')
   flags.DEFINE_string('out', 'results.json', 'where to write the metrics as JSON; empty: do not write')
   flags.DEFINE_bool('records', False, 'also write every prompt\'s completions, answers and correctness to --out')
@@ -216,20 +239,18 @@ def check_flags():
 
 
 def device_mesh() -> tuple[int, int, int]:
-  """--mesh's sizes (every device by default); the sampler splits each call's prompts over the data axis."""
+  """--mesh's sizes (every device by default); the sampler splits each call's rows over data x fsdp."""
   try:
-    sizes = sharding.parse_mesh(FLAGS.mesh, jax.device_count())
+    return sharding.parse_mesh(FLAGS.mesh, jax.device_count())
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  if FLAGS.batch_prompts % sizes[0]:
-    raise app.UsageError(f'--batch_prompts={FLAGS.batch_prompts} does not divide over the {sizes[0]}-way data axis '
-                         f'of --mesh={",".join(map(str, sizes))}; change --batch_prompts or --mesh')
-  return sizes
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.distributed:
+    sharding.initialize_distributed()   # before any device use
   check_flags()
   mesh_sizes = device_mesh()
   sharding.announce(mesh_sizes)   # the first line: backend, devices, mesh, processes (and an unseen accelerator)
@@ -247,14 +268,12 @@ def main(argv):
     params = jax.device_put(params, sharding.param_shardings(cfg, mesh))
   except ValueError as e:
     raise app.UsageError(f'{e} (the weights of --model={FLAGS.model})') from None
-  # With a mesh every sampler call takes batch_prompts prompts (padded): no more than the data, rounded up to
-  # the data axis, so a short eval does not sample padding.
-  data_axis = mesh_sizes[0]
-  batch_prompts = min(FLAGS.batch_prompts, -(-len(examples) // data_axis) * data_axis)
   start = time.time()
   result = evaluate(params, cfg, text, examples, num_samples=FLAGS.eval_samples, max_new_tokens=FLAGS.max_new_tokens,
                     temperature=FLAGS.temperature, top_p=FLAGS.top_p, key=jax.random.key(FLAGS.seed),
-                    verifier=verifier, batch_prompts=batch_prompts, mesh=mesh)
+                    verifier=verifier, batch_prompts=FLAGS.batch_prompts, mesh=mesh)
+  if jax.process_index() != 0:   # every process sampled (one SPMD program) and holds the same result; one reports
+    return
   print(f'\n{FLAGS.data} on {path} ({time.time() - start:.0f} s, temperature {FLAGS.temperature})')
   print(format_table(result))
   if FLAGS.out:

@@ -14,8 +14,12 @@ math here would not reproduce (another architecture, a rope type other than defa
 that binds, an MLP bias, an activation other than silu, quantized weights) is a ValueError naming the key and the
 file: a silently different model is never loaded. Weights: model.safetensors or the shards of
 model.safetensors.index.json, read with numpy (no torch), F32 / F16 / BF16.
-Written: config.json of the family (the keys transformers 4 and 5 read), model.safetensors in cfg.param_dtype,
-the tokenizer files and generation_config.json of `tokenizer_dir`.
+Tensors in the safetensors files that the config does not use (biases it says are absent, more layers, experts)
+are an error naming them, except those transformers also drops for these classes (a stale rotary inv_freq buffer,
+a tied checkpoint's lm_head.weight equal to the embedding).
+Written: config.json of the family (the keys transformers 4 and 5 read), model.safetensors in the compute dtype
+cfg.dtype (float32 master weights of a bf16 model are exported as bf16, as Hugging Face checkpoints are), the
+tokenizer files and generation_config.json of `tokenizer_dir`.
 """
 import dataclasses
 import json
@@ -127,7 +131,8 @@ def config_from_hf(path: str) -> model.Config:
 
 def config_to_hf(cfg: model.Config) -> dict:
   """The config.json of cfg's family. Rope settings both ways: rope_theta / rope_scaling (transformers 4, vLLM) and
-  rope_parameters (transformers 5), the same numbers."""
+  rope_parameters (transformers 5), the same numbers. torch_dtype / dtype is the compute dtype cfg.dtype, which
+  save_checkpoint stores the weights in and config_from_hf reads back as the compute dtype."""
   arch = {v: k for k, v in ARCHITECTURES.items()}[cfg.family]
   scaling = None if cfg.rope_scaling is None else dict(zip(model.LLAMA3_SCALING, cfg.rope_scaling), rope_type='llama3')
   out = {
@@ -140,7 +145,7 @@ def config_to_hf(cfg: model.Config) -> dict:
       'max_position_embeddings': max(32768, 16 * (cfg.rope_scaling or (0, 0, 0, 0))[3]),
       'rope_theta': cfg.rope_theta, 'rope_scaling': scaling,
       'rope_parameters': {**(scaling or {'rope_type': 'default'}), 'rope_theta': cfg.rope_theta},
-      'torch_dtype': cfg.param_dtype, 'dtype': cfg.param_dtype, 'attention_dropout': 0.0}
+      'torch_dtype': cfg.dtype, 'dtype': cfg.dtype, 'attention_dropout': 0.0}
   if cfg.family in ('qwen2', 'qwen3'):
     out.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_layers)
   if cfg.family in ('qwen3', 'llama'):
@@ -228,6 +233,38 @@ def _hf_names(cfg: model.Config):
   return spec
 
 
+# Tensors transformers drops on load for these classes: the rotary inverse frequencies that checkpoints saved before
+# transformers 4.31 hold in every layer (PreTrainedModel._adjust_missing_and_unexpected_keys ignores them; the
+# frequencies are recomputed from the config).
+IGNORED_TENSORS = re.compile(r'rotary_emb\.inv_freq$')
+
+
+def _check_unused(cfg: model.Config, tensors: dict, where: dict):
+  """Refuses a checkpoint with tensors cfg has no place for: loading without them would be a different model from
+  the one the checkpoint holds (its biases, extra layers, experts), and nothing else would notice."""
+  used = {'model.embed_tokens.weight', 'model.norm.weight'} | {
+      pattern.format(i=i) for _, pattern, _, _ in _hf_names(cfg) for i in range(cfg.num_layers)}
+  if not cfg.tie_embeddings:
+    used.add('lm_head.weight')
+  elif 'lm_head.weight' in tensors and 'model.embed_tokens.weight' in tensors:
+    # Some tied checkpoints also store the head. transformers keeps it tied when it equals the embedding; when it
+    # differs it unties the two, i.e. the checkpoint is really an untied model.
+    used.add('lm_head.weight')
+    if not np.array_equal(tensors['lm_head.weight'], tensors['model.embed_tokens.weight']):
+      raise ValueError(f'{where["lm_head.weight"]}: config.json says tie_word_embeddings=true, but lm_head.weight '
+                       'differs from model.embed_tokens.weight (transformers would use it as a separate head); '
+                       'set tie_word_embeddings to false in config.json to load it as an untied model')
+  unused = sorted((n for n in tensors if n not in used and not IGNORED_TENSORS.search(n)),
+                  key=lambda n: [(0, int(p), '') if p.isdigit() else (1, 0, p) for p in n.split('.')])
+  if unused:
+    more = f' and {len(unused) - 5} more' if len(unused) > 5 else ''
+    raise ValueError(f'{where[unused[0]]}: {len(unused)} tensor(s) that config.json has no place for: '
+                     f'{", ".join(unused[:5])}{more}. The checkpoint holds a different model than its config.json '
+                     f'describes ({cfg.family}, {cfg.num_layers} layers, {"with" if cfg.qkv_bias else "no"} '
+                     f'attention biases, {"tied" if cfg.tie_embeddings else "untied"} embeddings); loading '
+                     'without them would be silently wrong')
+
+
 def load_checkpoint(path: str, param_dtype: str | None = None, dtype: str | None = None) -> tuple[model.Config, dict]:
   """Reads config.json and model.safetensors (or the shards listed in model.safetensors.index.json) -> (cfg, the
   parameter pytree as numpy arrays). param_dtype / dtype override the checkpoint's (e.g. float32 master weights of
@@ -252,6 +289,7 @@ def load_checkpoint(path: str, param_dtype: str | None = None, dtype: str | None
       raise FileNotFoundError(f'{file}: listed in {index} but missing')
     for k, v in read_safetensors(file).items():
       tensors[k], where[k] = v, file
+  _check_unused(cfg, tensors, where)
   np_dtype = np.dtype(jnp.dtype(cfg.param_dtype))
   shapes = model.param_shapes(cfg)
 
@@ -280,11 +318,20 @@ def load_checkpoint(path: str, param_dtype: str | None = None, dtype: str | None
 
 
 def save_checkpoint(path: str, cfg: model.Config, params: dict, tokenizer_dir: str | None = None):
-  """Writes config.json + model.safetensors (in cfg.param_dtype) that transformers' from_pretrained loads as the
-  same family; with tokenizer_dir, also its tokenizer and generation_config.json (the stop ids). Files are written
-  under temporary names and renamed, so an interrupted save leaves no half file behind."""
+  """Writes config.json + model.safetensors that transformers' from_pretrained loads as the same family; with
+  tokenizer_dir, also its tokenizer and generation_config.json (the stop ids). Files are written under temporary
+  names and renamed, so an interrupted save leaves no half file behind.
+
+  The weights are stored in the compute dtype cfg.dtype, which config.json records as torch_dtype, as Hugging Face
+  checkpoints are: a bf16 model trained with float32 master weights exports bf16 (half the size), and a run that
+  starts from the export (load_policy) computes in bf16 again instead of silently in float32. The rounding drops
+  what the master weights hold below bf16's resolution: the matmuls never saw it (they cast the weights to bf16),
+  but the norm weights, applied in float32, lose it (at a learning rate of 1e-6 their updates rarely add up to
+  bf16's spacing near 1, 2^-8 to 2^-7). To continue training exactly, resume from the run's checkpoints. A float32
+  model exports float32, unchanged."""
   os.makedirs(path, exist_ok=True)
-  params = jax.tree.map(lambda a: np.asarray(jax.device_get(a)), params)
+  np_dtype = np.dtype(jnp.dtype(cfg.dtype))
+  params = jax.tree.map(lambda a: np.asarray(jax.device_get(a)).astype(np_dtype, copy=False), params)
   tensors = {'model.embed_tokens.weight': params['embed'], 'model.norm.weight': params['final_norm']}
   if not cfg.tie_embeddings:
     tensors['lm_head.weight'] = params['lm_head'].T
@@ -404,13 +451,20 @@ HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*')
 MODEL_FILES = ['config.json', 'generation_config.json', '*.safetensors', 'model.safetensors.index.json',
                'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'vocab.json', 'merges.txt',
                'tokenizer.model', 'added_tokens.json', 'chat_template.jinja']
+# huggingface_hub matches these patterns with fnmatch, whose '*' also matches '/': '*.safetensors' alone would also
+# fetch weights kept in subfolders (other formats, originals). Only the repository's top level is read here.
+MODEL_IGNORE = ['*/*']
+GATED = ('A gated repository also needs its license accepted on its hub page and a login: `hf auth login`, or the '
+         'HF_TOKEN environment variable')
 
 
 def _offline() -> bool:
-  # huggingface_hub reads HF_HUB_OFFLINE once, at import; read it again so a later setting is honoured.
-  import huggingface_hub
+  # huggingface_hub reads HF_HUB_OFFLINE once, at import; read it again so a later setting is honoured. The
+  # submodule is imported by name: huggingface_hub loads its attributes lazily, so `huggingface_hub.constants` exists
+  # only once something has imported it.
+  from huggingface_hub import constants
   flag = os.environ.get('HF_HUB_OFFLINE') or os.environ.get('TRANSFORMERS_OFFLINE') or ''
-  return huggingface_hub.constants.HF_HUB_OFFLINE or flag.strip().upper() in ('1', 'ON', 'YES', 'TRUE')
+  return constants.HF_HUB_OFFLINE or flag.strip().upper() in ('1', 'ON', 'YES', 'TRUE')
 
 
 def resolve_model(spec: str) -> str:
@@ -422,11 +476,13 @@ def resolve_model(spec: str) -> str:
     raise ValueError(f'model {spec!r} is neither a directory nor a Hugging Face hub id ORG/NAME')
   import huggingface_hub
   try:
-    return huggingface_hub.snapshot_download(spec, allow_patterns=MODEL_FILES, local_files_only=_offline())
+    return huggingface_hub.snapshot_download(spec, allow_patterns=MODEL_FILES, ignore_patterns=MODEL_IGNORE,
+                                             local_files_only=_offline())
   except Exception as e:   # offline, unknown or gated id, no network: all the same advice
     raise ValueError(f'model {spec!r} is not a local directory, and as a Hugging Face hub id it could not be '
                      f'fetched ({type(e).__name__}: {e}). On a machine with internet run `hf download '
-                     f'{spec} --local-dir DIR`, copy DIR here and pass --model=DIR') from None
+                     f'{spec} --local-dir DIR`, copy DIR here and pass --model=DIR. {GATED} '
+                     "(Meta's Llama models are gated)") from None
 
 
 def resolve_data(spec: str) -> str:
@@ -444,4 +500,5 @@ def resolve_data(spec: str) -> str:
   except Exception as e:
     raise ValueError(f'data {spec!r}: file {filename!r} of dataset {repo!r} could not be fetched '
                      f'({type(e).__name__}: {e}). On a machine with internet run `hf download {repo} '
-                     f'{filename} --repo-type dataset --local-dir DIR`, copy it here and pass the local file') from None
+                     f'{filename} --repo-type dataset --local-dir DIR`, copy it here and pass the local file. '
+                     f'{GATED}') from None

@@ -1,8 +1,8 @@
-"""Will a step fit? Per-device memory of the compiled update step and sampler, checked before the first step.
+"""Will a step fit? Per-device memory of the compiled update step and samplers, checked before the first step.
 
-    phases = check_fits(s, state, text, train_examples, run)   # train.py, on an accelerator: prints the need per
-                                                              # device next to the capacity; ValueError naming the
-                                                              # flags that would fit when it does not
+    phases = check_fits(s, state, text, train_examples, run, held_out=(eval_examples, val_examples),
+                        eval_samples=8)   # train.py, on an accelerator: prints the need per device next to the
+                                          # capacity; ValueError naming the flags that would fit when it does not
     phase = update_phase(step, abstract(state), batch_abstract(mesh, rows, Tp, N), resident)   # bench/plan.py too
 
 Nothing runs and no weights are copied: the jitted functions are compiled ahead of time for abstract inputs
@@ -22,9 +22,11 @@ set), prompts padded to the bucket of the longest of the first 256 training prom
 --max_new_tokens. A step whose batch has those shapes then reuses the compiled program (the jitted function
 keeps it), so on most runs the check costs no second compile.
 When the update does not fit, the step is compiled again with 2, 4, ... micro-batches (then with --remat) until
-one fits or the rows run out, and the error names what fits. The KL reference scorer is not checked: it is the
-update's forward pass over the same rows, with the same state on the devices, and needs less. Nor are the
-held-out evaluation's sampler calls (their shapes are --eval_prompts' and --eval_samples').
+one fits or the rows run out, and the error names what fits. The held-out evaluation's sampler is checked too, for
+its own shapes: a chunk of eval.chunk_size(--eval_prompts, eval.BATCH_PROMPTS, --eval_samples) prompts x
+--eval_samples, prompts padded to the bucket of the longest held-out prompt (the 'before' evaluation runs before
+the first step, so a run that cannot evaluate stops here too). The KL reference scorer is not checked: it is the
+update's forward pass over the same rows, with the same state on the devices, and needs less.
 """
 import dataclasses
 import functools
@@ -36,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+import eval as eval_lib
 import sample as sample_lib
 import sharding
 import update
@@ -164,15 +167,17 @@ def _print(line: str):
   print(line, flush=True)
 
 
-def check_fits(s, state, text, examples, run, *, capacity: int | None = None, headroom: float = HEADROOM,
-               log=_print) -> dict:
-  """Compiles the update step and the sampler for the run's shapes and checks them against the device memory.
+def check_fits(s, state, text, examples, run, *, held_out=(), eval_samples: int = 0, capacity: int | None = None,
+               headroom: float = HEADROOM, log=_print) -> dict:
+  """Compiles the update step and the samplers for the run's shapes and checks them against the device memory.
 
   s: train.Setup; state: the placed train state; text: hf.Text; examples: the training prompts; run: RunConfig.
-  capacity: bytes per device (default: the device's own; tests pass a number). Prints one line with the needs
-  and the capacity (process 0), and returns {'update': Phase, 'sampler': Phase (not for --mode=sft)}.
-  Raises ValueError naming flags that would fit (--micro_batches=M, --remat, fewer rows, a larger --mesh) when a
-  phase needs more than headroom x capacity.
+  held_out: the lists of prompts train.evaluate samples eval_samples completions of (held-out, validation; empty
+  ones are skipped). capacity: bytes per device (default: the device's own; tests pass a number). Prints one line
+  with the needs and the capacity (process 0), and returns {'update': Phase, 'sampler': Phase (not for
+  --mode=sft), 'eval': Phase (when there are held-out prompts)}.
+  Raises ValueError naming flags that would fit (--micro_batches=M, --remat, fewer rows or samples, a larger
+  --mesh) when a phase needs more than headroom x capacity.
   """
   rl, mesh = s.rl, s.mesh
   sft = rl.mode == 'sft'
@@ -192,6 +197,12 @@ def check_fits(s, state, text, examples, run, *, capacity: int | None = None, he
     phases['sampler'] = sampler_phase(state_['params'], s.sampler.cfg, mesh, rl.num_prompts,
                                       s.sampler.kw['num_samples'], width, N, rest,
                                       temperature=s.sampler.kw['temperature'], top_p=s.sampler.kw['top_p'])
+  held_out = [ex for ex in held_out if ex]
+  if held_out and eval_samples:   # train.evaluate's calls: the same residents, its own chunk and temperature
+    chunk = max(eval_lib.chunk_size(len(ex), eval_lib.BATCH_PROMPTS, eval_samples, mesh) for ex in held_out)
+    eval_width = sample_lib.bucket(max(len(p) for ex in held_out for p in text.encode([e.prompt for e in ex])))
+    phases['eval'] = sampler_phase(state_['params'], s.sampler.cfg, mesh, chunk, eval_samples, eval_width, N, rest,
+                                   temperature=rl.temperature)
   kind = jax.local_devices()[0].device_kind
   needs = ', '.join(f'{k} {gib(p.need)}' for k, p in phases.items())
   if capacity is None:
@@ -200,7 +211,8 @@ def check_fits(s, state, text, examples, run, *, capacity: int | None = None, he
   limit = headroom * capacity
   say(f'memory per device (XLA\'s estimate): {needs} of {gib(capacity)} ({kind}; fits under {headroom:.0%}: '
       f'{gib(limit)}); update: {rows} rows x {width} + {N} tokens in {run.micro_batches} micro-batch'
-      f'{"es" if run.micro_batches > 1 else ""}')
+      f'{"es" if run.micro_batches > 1 else ""}' + (f'; eval: {chunk} prompts x {eval_samples} samples per call'
+                                                    if 'eval' in phases else ''))
   problems = []
   if phases['update'].need > limit:
     problems.append(_update_advice(s, state_, batch, ref, run, rows, shards, phases['update'], limit, say))
@@ -208,6 +220,11 @@ def check_fits(s, state, text, examples, run, *, capacity: int | None = None, he
     problems.append(f'the sampler needs {gib(phases["sampler"].need)} per device for {rl.num_prompts} prompts x '
                     f'{s.sampler.kw["num_samples"]} samples of up to {N} tokens (the KV cache grows with both): use '
                     'fewer --num_prompts or --num_samples, a shorter --max_new_tokens, or more devices (--mesh)')
+  if 'eval' in phases and phases['eval'].need > limit:
+    problems.append(f'the held-out evaluation needs {gib(phases["eval"].need)} per device for {chunk} prompts x '
+                    f'{eval_samples} samples of up to {N} tokens per sampler call: use fewer --eval_samples, fewer '
+                    f'--eval_prompts and --val_prompts (up to {eval_lib.BATCH_PROMPTS} go in one call; 0: none), a '
+                    'shorter --max_new_tokens, or more devices (--mesh)')
   if problems:
     raise ValueError(f'out of memory before the first step: {"; and ".join(problems)}. Capacity {gib(capacity)} '
                      f'per {kind}, {headroom:.0%} usable: {gib(limit)}')

@@ -68,20 +68,24 @@ def agreement(g: Group) -> np.ndarray:
 
 
 def vote_share(g: Group) -> np.ndarray:
-  """SRT's soft reward: r_i = the share of the voters whose answer is equivalent to answer_i (no answer: 0). With
-  --agreement_threshold=0.25 it is EMPO's semantic-entropy reward (arXiv 2504.05812): cluster share, no reward when
-  the largest cluster holds under a quarter of the samples."""
+  """SRT's soft reward (arXiv 2505.21444): r_i = |{j : a_j equivalent to a_i}| / |{j : a_j is not None}|, the
+  share of the voters (the samples with an answer) whose answer is equivalent to answer_i; a sample without an
+  answer earns 0 and does not count in any share. With --agreement_threshold=0.25 it is EMPO's semantic-entropy
+  reward (arXiv 2504.05812): the cluster's share, and no reward for the prompt when its largest cluster holds under
+  a quarter of the voters."""
   return vote.class_shares(g.answers, g.verifier)
 
 
 def self_certainty(g: Group) -> np.ndarray:
   """Intuitor / RLIF (arXiv 2505.19590): r_i = mean over response tokens of logsumexp(z) - mean_v(z), z the
-  next-token logits: KL(uniform || p) + log V, high where the policy is sure. Computed by the sampler."""
+  next-token logits over the temperature (the full tempered distribution p the token was drawn from, before any
+  top-p cut): KL(uniform || p) + log V, high where the policy is sure. Computed by the sampler."""
   return g.per_sample(g.self_certainty).astype(np.float32)
 
 
 def neg_entropy(g: Group) -> np.ndarray:
-  """RENT (arXiv 2505.22660): r_i = - mean over response tokens of the next-token entropy H(p)."""
+  """RENT (arXiv 2505.22660): r_i = - mean over response tokens of the next-token entropy H(p) = -sum_v p_v log p_v,
+  p the full tempered distribution the token was drawn from. Computed by the sampler."""
   return -g.per_sample(g.entropy).astype(np.float32)
 
 
@@ -92,7 +96,10 @@ def coin_flip(g: Group) -> np.ndarray:
 
 
 def has_answer(g: Group) -> np.ndarray:
-  """Control (format reward): r_i = 1 if the completion ends in a boxed answer that parses, else 0."""
+  """Control: the format-only reward of the "Spurious Rewards" study (arXiv 2506.10947). r_i = 1 if the LAST
+  \\boxed{...} / \\boxed x / \\fbox{...} of the completion, wherever it stands in the text, holds a non-empty,
+  brace-balanced answer (vote.extract_answer is not None), else 0; whether that answer is right plays no part.
+  The study pays any non-empty box; here it is the last one, the box the vote and the metrics read."""
   return np.array([a is not None for a in g.answers], np.float32)
 
 

@@ -33,10 +33,10 @@ valid = concat([prompt_valid, mask], 1), positions = model.positions_from_valid(
 Tp - 1 + n predict completion token n.
 
 With a `mesh` (a `jax.sharding.Mesh` with a 'data' axis), prompts are split over the data axis and each
-prompt's G samples stay on the prompt's device; P must divide over the axis. `batch_axes` (train.py passes its
-RULES['batch'], ('data', 'fsdp')) splits the B rows, and so the KV cache, over more axes: on an FSDP mesh a
-prompt's prefill is repeated on the devices of its data shard and each takes its own rows of the group,
-instead of every device holding every row's cache.
+prompt's G samples stay on the prompt's device; P must divide over the axis. `batch_axes` (training and
+evaluation pass sharding.RULES['batch'], ('data', 'fsdp')) splits the B rows, and so the KV cache, over more
+axes: on an FSDP mesh a prompt's prefill is repeated on the devices of its data shard and each takes its own rows
+of the group, instead of every device holding every row's cache.
 
 Dimension letters (model.py's, plus): P prompts, G samples per prompt, B = P * G rows, Tp padded prompt length,
 N max new tokens, S = Tp - 1 + N cache slots. (Inside decode_step, G is the query heads per kv head.)
@@ -401,16 +401,17 @@ def sample(params, cfg: model.Config, prompts: list[list[int]], *, num_samples: 
 
 def generate(params, cfg: model.Config, text: hf.Text, prompts: list[str], *, num_samples: int,
              max_new_tokens: int, temperature: float, top_p: float = 1.0, key: jax.Array, mesh=None,
-             return_rollout: bool = False):
+             batch_axes=('data',), return_rollout: bool = False):
   """Text in, text out: for each prompt its num_samples completions, decoded without the stop token.
 
   text: the tokenizer boundary (hf.Text): its encode (chat template or not), stop_ids, pad_id and decode.
+  mesh, batch_axes: as `sample`'s (eval.py passes sharding.RULES['batch'], as training samples).
   return_rollout=True returns (texts, rollout, prompt_ids) for token-level use.
   """
   prompt_ids = text.encode(prompts)
   rollout = sample(params, cfg, prompt_ids, num_samples=num_samples, max_new_tokens=max_new_tokens,
                    temperature=temperature, top_p=top_p, key=key, eos_ids=text.stop_ids, pad_id=text.pad_id,
-                   mesh=mesh)
+                   mesh=mesh, batch_axes=batch_axes)
   # host_array: on several hosts the rows are spread over processes; every process gets every text.
   flat = text.decode(sharding.host_array(rollout.tokens), sharding.host_array(rollout.mask))
   texts = [flat[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]

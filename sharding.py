@@ -12,10 +12,10 @@ their model dimension and gathered per layer; each device also takes its own row
 (heads, MLP columns and vocabulary split: Megatron-style tensor parallel). A dimension that does not divide its
 mesh axes is an error naming it, never a silent replication.
 
-Multi-host (--distributed): one process per host, all running the same program. Every process loads the same
-prompts in the same order (same seed); the sampler is one SPMD program over the whole mesh; each process hands
-the update step only the rows its own devices hold (`global_batch`), and reads whole values back with
-`host_array` (an all-gather when an array spans hosts).
+Multi-host (--distributed, `initialize_distributed`): one process per host, all running the same program. Every
+process loads the same prompts in the same order (same seed); the sampler is one SPMD program over the whole mesh;
+each process hands the update step only the rows its own devices hold (`global_batch`), and reads whole values back
+with `host_array` (an all-gather when an array spans hosts).
 
 Which devices a run uses is its first line (`announce`, from train.py and eval.py). When JAX runs on the CPU of a
 machine with a TPU (its device files) or an NVIDIA GPU (nvidia-smi lists one), a warning under it names the
@@ -138,6 +138,15 @@ def announce(mesh_sizes, device_files=TPU_DEVICE_FILES, nvidia_smi=NVIDIA_SMI, p
   warning = unseen_accelerator(jax.default_backend(), device_files, nvidia_smi, plugins)
   if warning:
     print(warning, flush=True)
+
+
+def initialize_distributed():
+  """--distributed (train.py, eval.py): jax.distributed.initialize, before any device is used. One process per
+  host; the coordinator, process count and id come from the environment: TPU pod metadata, SLURM or Open MPI (jax
+  detects them), or JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
+  jax.distributed.initialize(**{k: int(os.environ[v]) for k, v in (('num_processes', 'JAX_NUM_PROCESSES'),
+                                                                    ('process_id', 'JAX_PROCESS_ID'))
+                                if v in os.environ})
 
 
 def make_mesh(sizes) -> jax.sharding.Mesh:

@@ -337,11 +337,11 @@ def setup(rl: RLConfig, dc: DataConfig, run: RunConfig, mesh_sizes, verifier):
 
 def evaluate(s: Setup, params, examples, dc: DataConfig, tag: str) -> tuple[dict, dict]:
   """avg@k, maj@k, pass@k, parse rate on fixed examples with a fixed sampling key (the same before and after, so
-  the per-prompt differences give paired standard errors), plus the per-prompt numbers for those."""
+  the per-prompt differences give paired standard errors), plus the per-prompt numbers for those. The rows are
+  split over the mesh's data x fsdp devices as the training sampler's are (memory.check_fits checks they fit)."""
   res = eval_lib.evaluate(params, s.sampler.cfg, s.sampler.text, examples, num_samples=dc.eval_samples,
                           max_new_tokens=s.rl.max_new_tokens, temperature=s.rl.temperature,
-                          key=jax.random.key(s.rl.seed + 7), verifier=s.sampler.verifier,
-                          batch_prompts=min(64, len(examples)))
+                          key=jax.random.key(s.rl.seed + 7), verifier=s.sampler.verifier, mesh=s.mesh)
   k = res['k']
   wd_lib.say(f'{"held-out " if not tag.startswith("val_") else ""}{tag}: avg@{k} {res["avg@k"]:.3f}  '
              f'maj@{k} {res["maj@k"]:.3f}  pass@{k} {res["pass@k"]:.3f}  parse {res["parse_rate"]:.3f}')
@@ -352,8 +352,9 @@ def train(rl: RLConfig, dc: DataConfig, run: RunConfig, mesh_sizes, splits) -> t
   """Trains per the configs, resuming from the workdir if it can -> (summary, Hugging Face export directory)."""
   train_examples, eval_examples, val_examples, verifier = splits
   s, state, text, tok_dir = setup(rl, dc, run, mesh_sizes, verifier)
-  if jax.default_backend() != 'cpu':   # on an accelerator: do the step and the sampler fit? (XLA's own numbers)
-    memory.check_fits(s, state, text, train_examples, run)
+  if jax.default_backend() != 'cpu':   # on an accelerator: do the step and the samplers fit? (XLA's own numbers)
+    memory.check_fits(s, state, text, train_examples, run, held_out=(eval_examples, val_examples),
+                      eval_samples=dc.eval_samples)
   if rl.mode != 'sft':
     vote.warmup()   # math-verify's worker started now, not mid-step where it would compete for the CPU
     if rl.easiest_fraction < 1.0:   # offline curriculum: the prompts the starting policy agrees on most
@@ -398,9 +399,13 @@ def train(rl: RLConfig, dc: DataConfig, run: RunConfig, mesh_sizes, splits) -> t
       logs.write(logs.trace, dict(t, step=step))
     wd_lib.progress(step, rl.steps, m, t0)
     if m.get('collapse_alarm') and run.stop_on_collapse:
-      wd_lib.say(f'collapse alarm at step {step}: stopping (--stop_on_collapse); the policy of the last checkpoint '
-                 'before it is evaluated and exported')
-      state = (wd_lib.restore(mngr, state) or (dict(state, params=s.ref_params),))[0]
+      # The last checkpoint before the alarm (none yet: the starting policy, step 0) is evaluated and exported.
+      kept = wd_lib.restore(mngr, state)
+      state, kept_step = (kept[0], kept[1]) if kept else (dict(state, params=s.ref_params), 0)
+      summary.update(stopped_at=step, restored_step=kept_step)
+      wd_lib.say(f'collapse alarm at step {step}: stopping (--stop_on_collapse); '
+                 + (f'the checkpoint of step {kept_step}' if kept else 'the starting policy (no checkpoint yet)')
+                 + ' is evaluated and exported')
       break
     preempted = preemption.reached(step)   # every process agrees on the step (multi-host)
     if step % run.checkpoint_every == 0 or step == rl.steps or preempted:
@@ -424,8 +429,9 @@ def finish(s: Setup, run: RunConfig, summary: dict, per_prompt: dict, history: l
                        for m in ('avg@k', 'maj@k', 'pass@k')}
   if 'val_after' in summary:
     during = [(h['step'], h['val_avg@k']) for h in history if 'val_avg@k' in h]
+    last = summary.get('restored_step', summary['steps'])   # the policy 'after' evaluated (--stop_on_collapse)
     summary['val_best_step'] = eval_lib.early_stopping_step(
-        [(0, summary['val_before']['avg@k'])] + during + [(summary['steps'], summary['val_after']['avg@k'])])
+        [(0, summary['val_before']['avg@k'])] + during + [(last, summary['val_after']['avg@k'])])
     wd_lib.say(f'early stopping on {len(per_prompt["val_after"]["avg@k"])} labelled prompts picks step '
                f'{summary["val_best_step"]}')
   hf_dir = os.path.join(run.workdir, 'hf')
@@ -436,27 +442,34 @@ def finish(s: Setup, run: RunConfig, summary: dict, per_prompt: dict, history: l
   return summary, hf_dir
 
 
+def resolve_inputs(rl: RLConfig, dc: DataConfig, run: RunConfig):
+  """The prompts loaded and the model found (hub ids fetched), then the workdir claimed for them (run.json) ->
+  (dc with --model a local directory, or the embedded default; the data splits).
+
+  Nothing is written to --workdir before both resolve: a --model or --data that fails (offline, a typo) leaves
+  the workdir as it was, so the corrected command can use it."""
+  splits = data_lib.load_splits(hf.resolve_data(dc.data), hf.resolve_data(dc.eval_data) if dc.eval_data else '',
+                                mode=rl.mode, seed=rl.seed, size=dc.data_size, eval_prompts=dc.eval_prompts,
+                                val_prompts=dc.val_prompts)
+  if dc.model == EMBEDDED:
+    path = EMBEDDED_WARMSTART if rl.mode != 'sft' else EMBEDDED   # RL starts from the shipped warm start
+  else:
+    path = hf.resolve_model(dc.model)
+  wd_lib.check_identity(run.workdir, {'model': dc.model, 'mode': rl.mode, 'data': dc.data})
+  return dataclasses.replace(dc, model=path), splits
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {" ".join(argv[1:])} (flags are --name=value)')
   logging.set_verbosity(logging.WARNING)   # orbax logs every file it writes at INFO
   if FLAGS.distributed:
-    # One process per host; the coordinator, process count and id come from the environment: TPU pod metadata,
-    # SLURM or Open MPI (jax detects them), or JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID.
-    # Before any device use.
-    jax.distributed.initialize(**{k: int(os.environ[v]) for k, v in (('num_processes', 'JAX_NUM_PROCESSES'),
-                                                                      ('process_id', 'JAX_PROCESS_ID'))
-                                  if v in os.environ})
+    sharding.initialize_distributed()   # before any device use
   try:
     rl, dc, run = configs_from_flags()
     mesh_sizes = validate(rl, dc, run, jax.device_count())
     sharding.announce(mesh_sizes)   # the first line: backend, devices, mesh, processes (and an unseen accelerator)
-    splits = data_lib.load_splits(hf.resolve_data(dc.data), hf.resolve_data(dc.eval_data) if dc.eval_data else '',
-                                  mode=rl.mode, seed=rl.seed, size=dc.data_size, eval_prompts=dc.eval_prompts,
-                                  val_prompts=dc.val_prompts)
-    wd_lib.check_identity(run.workdir, {'model': dc.model, 'mode': rl.mode, 'data': dc.data})
-    if dc.model == EMBEDDED and rl.mode != 'sft':   # RL starts from the shipped warm start
-      dc = dataclasses.replace(dc, model=EMBEDDED_WARMSTART)
+    dc, splits = resolve_inputs(rl, dc, run)
     summary, hf_dir = train(rl, dc, run, mesh_sizes, splits)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     sys.exit(f'error: {e}')

@@ -19,8 +19,8 @@ touched, and a missing marker stops the script before any run starts. A marker f
 whole lines (a table); one followed by text on its line holds inline text.
 
 Time: the default run alone takes about 4 minutes on an idle 2-core CPU; the 29 runs with --jobs 2 took about 2
-hours there (7-12 minutes a run while two share the machine). Results are deterministic on one machine: `--jobs 2` gives the same numbers, only the
-times differ (a run that shared the machine is marked so in the JSON and the README).
+hours there (7-12 minutes a run while two share the machine). Results are deterministic on one machine: `--jobs 2`
+gives the same numbers, only the times differ (a run that shared the machine is marked so in the JSON and the README).
 """
 import argparse
 import collections
@@ -38,6 +38,8 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import alarm as alarm_lib  # noqa: E402  (the collapse alarm's constants, for the tables' notes)
 
 # ----------------------------------------------------------------------------------------------------------------
 # The registry: one entry per run. `flags` follow `python train.py`; later flags of a name replace earlier ones.
@@ -438,26 +440,35 @@ def render_main_table(runs):
 
 
 def render_rewards_table(runs):
+  """Table 1: a row per reward and seed, each metric before -> after with its gain."""
   k = k_of(runs)
-  header = ['reward', 'flags', f'avg@{k}, seed 0', 'gain, seed 0', f'avg@{k}, seed 1', 'gain, seed 1',
-            f'maj@{k} gain', f'pass@{k} gain', 'alarm step (seed 0 / 1)']
+  header = ['reward', 'flags', 'seed', f'avg@{k}', 'gain', f'maj@{k}', 'gain', f'pass@{k}', 'gain', 'alarm step']
   rows = []
   for label, name0, name1, flags in TABLE1:
-    r0, r1 = runs.get(name0), runs.get(name1)
-    cells = []
-    for metric in ('avg@k', 'maj@k', 'pass@k'):
-      cells.append(pts(r0 and gain(r0, metric)))
-    alarms = ' / '.join('-' if r is None or alarm_step(r) is None else str(alarm_step(r)) for r in (r0, r1))
-    rows.append([label, code(flags), r0 and before_after(r0) or '-', cells[0], r1 and before_after(r1) or '-',
-                 pts(r1 and gain(r1, 'avg@k')), cells[1], cells[2], alarms])
+    for seed, run in ((0, runs.get(name0)), (1, runs.get(name1))):
+      cells = [c for metric in ('avg@k', 'maj@k', 'pass@k')
+               for c in (run and before_after(run, metric) or '-', pts(run and gain(run, metric)))]
+      alarm = '-' if run is None or alarm_step(run) is None else str(alarm_step(run))
+      rows.append([label if seed == 0 else '', code(flags) if seed == 0 else '', seed, *cells, alarm])
   base = ' '.join(['python train.py'] + next(e['flags'] for e in REGISTRY if e['name'] == 'default'))
-  return table(header, rows) + (f'\n\nEach run is the default command (`{base}`) with these flags; gains in '
-                                'points ± paired standard error.')
+  return table(header, rows) + (f'\n\nEach run is the default command (`{base}`) with these flags, and `--seed=1` '
+                                'for seed 1; gains in points ± paired standard error over the held-out prompts.')
+
+
+def extra_flags(run):
+  """The flags a collapse-setting run adds to (or changes in) COLLAPSE, as inline code; '-' for none."""
+  base = set(COLLAPSE)
+  extra = [f for f in run['command'].split()[2:] if f not in base]
+  return code(' '.join(extra)) if extra else '-'
+
+
+def collapse_note():
+  return f'All at seed 0. Each run is `python train.py {" ".join(COLLAPSE)}` with the flags shown.'
 
 
 def render_collapse_table(runs):
   k = k_of(runs)
-  header = ['run', f'avg@{k} start', 'min (step)', 'end', 'collapse step', 'alarm step', 'lead time',
+  header = ['run', 'flags', f'avg@{k} start', 'min (step)', 'end', 'collapse step', 'alarm step', 'lead time',
             'pseudo-reward, last 10', 'true accuracy, last 10']
   rows, examples = [], []
   for name in TABLE2:
@@ -469,18 +480,19 @@ def render_collapse_table(runs):
     low = min(pts_, key=lambda p: p[1]) if pts_ else None
     fell, alarm = collapse_step(pts_), alarm_step(run)
     lead = '-' if fell is None or alarm is None else str(fell - alarm)
-    rows.append([name, num(pts_[0][1]) if pts_ else '-', f'{num(low[1])} ({low[0]})' if low else '-',
-                 num(pts_[-1][1]) if pts_ else '-', 'none' if fell is None else str(fell),
-                 '-' if alarm is None else str(alarm), lead, num(mean_last(run, 'pseudo_reward', 10)),
-                 num(mean_last(run, 'true_accuracy', 10))])
+    rows.append([name, extra_flags(run), num(pts_[0][1]) if pts_ else '-',
+                 f'{num(low[1])} ({low[0]})' if low else '-', num(pts_[-1][1]) if pts_ else '-',
+                 'none' if fell is None else str(fell), '-' if alarm is None else str(alarm), lead,
+                 num(mean_last(run, 'pseudo_reward', 10)), num(mean_last(run, 'true_accuracy', 10))])
     state = end_state(run)
     if state:
       q, answer, text, n, of = state
       examples.append(f'- `{name}` at step {run["trace_end"]["step"]}: {code(q)} -> {code(text)} ({n} of {of} '
                       f'samples; the true answer is {answer})')
-  note = (f'\n\nCollapse step: the first evaluation where held-out avg@{k} is {round(100 * DROP)} points or more '
-          'below its start; lead time: collapse step minus the first step the label-free alarm fired. The end '
-          'state, the most common answer to the last traced prompt:\n\n')
+  note = (f'\n\n{collapse_note()} Collapse step: the first evaluation where held-out avg@{k} is '
+          f'{round(100 * DROP)} points or more below its start; lead time: collapse step minus the first step the '
+          f'label-free alarm fired (it cannot fire before step {max(alarm_lib.WINDOW, alarm_lib.BASELINE)}). The '
+          'end state, the most common answer to the last traced prompt:\n\n')
   return table(header, rows) + note + '\n'.join(examples or ['- (no trace)'])
 
 
@@ -529,7 +541,7 @@ def render_early_stopping(runs):
 
 def render_curricula(runs):
   k = k_of(runs)
-  header = ['run', f'avg@{k} start', 'step 25', 'step 50', 'end (step)', 'KL, last 30 steps',
+  header = ['run', 'flags', f'avg@{k} start', 'step 25', 'step 50', 'end (step)', 'KL, last 30 steps',
             'response length, last 30', 'prompts kept']
   rows = []
   for name in TABLE2[:3]:
@@ -539,9 +551,10 @@ def render_curricula(runs):
       continue
     held = dict(series(run))
     end = last_step(run)
-    rows.append([name, num(held.get(0)), num(held.get(25)), num(held.get(50)), f'{num(held.get(end))} ({end})',
-                 num(mean_last(run, 'kl', 30)), one_decimal(mean_last(run, 'response_length', 30)), kept(run)])
-  return table(header, rows)
+    rows.append([name, extra_flags(run), num(held.get(0)), num(held.get(25)), num(held.get(50)),
+                 f'{num(held.get(end))} ({end})', num(mean_last(run, 'kl', 30)),
+                 one_decimal(mean_last(run, 'response_length', 30)), kept(run)])
+  return table(header, rows) + '\n\n' + collapse_note()
 
 
 def kept(run):
@@ -662,8 +675,8 @@ def parse_args(argv):
   p.add_argument('--jobs', type=int, default=1, help='runs at once (same numbers, other times)')
   p.add_argument('--repeat', default='', help='comma-separated run names to run twice and compare bit for bit')
   p.add_argument('--runs_dir', default=os.path.join(ROOT, 'runs', 'findings'), help='one workdir per run here')
-  p.add_argument('--out', default=os.path.join(ROOT, 'assets', 'findings.json'), help='the results JSON')
-  p.add_argument('--readme', default=os.path.join(ROOT, 'README.md'), help='the README to regenerate')
+  p.add_argument('--out', default=None, help='the results JSON (default: assets/findings.json)')
+  p.add_argument('--readme', default=None, help='the README to regenerate (default: README.md)')
   p.add_argument('--figures', default='', help='where the figures go (default: assets/ next to --readme)')
   args = p.parse_args(argv)
   for flag in ('only', 'repeat'):
@@ -674,6 +687,11 @@ def parse_args(argv):
     p.error('--readme_only runs nothing: drop --only / --repeat / --steps')
   if args.jobs < 1:
     p.error('--jobs must be at least 1')
+  if (args.steps or args.eval_prompts) and (args.out is None or args.readme is None):
+    p.error('--steps / --eval_prompts make a smoke run, not the findings: pass --out and --readme too (a copy of '
+            'README.md), so that assets/findings.json and README.md keep the real results')
+  args.out = args.out or os.path.join(ROOT, 'assets', 'findings.json')
+  args.readme = args.readme or os.path.join(ROOT, 'README.md')
   args.figures = args.figures or os.path.join(os.path.dirname(os.path.abspath(args.readme)), 'assets')
   return args
 

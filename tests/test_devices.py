@@ -1,12 +1,13 @@
 """Devices: the scripts use every device by default and say so, warn about an accelerator JAX does not see, and
 check before the first step that the update and the sampler fit in the device memory.
 
-The end-to-end runs (slow) start train.py and eval.py on 3, 4 and 8 fake CPU devices (XLA_FLAGS
+The end-to-end runs (slow) start train.py and eval.py on 2, 3, 4 and 8 fake CPU devices (XLA_FLAGS
 --xla_force_host_platform_device_count; 1 device is every other test's, 2 per process test_scale.py's two-process
 run); the rest runs in this process on conftest.py's eight.
 """
 import dataclasses
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -29,9 +30,10 @@ def fake_devices_env(n):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The scripts on 4 and 8 devices, with no flags but a short run
+# The scripts on 2, 4 and 8 devices, with no flags but a short run
 
 RUNS = {   # name -> (fake CPU devices, script and its flags; --workdir / --out are added)
+    'train on 2': (2, ['train.py', '--mode=self', '--steps=1', '--eval_prompts=8']),
     'train on 4': (4, ['train.py', '--mode=self', '--steps=1', '--eval_prompts=16']),
     'train on 8': (8, ['train.py', '--mode=self', '--steps=2', '--eval_prompts=16']),
     'eval on 8': (8, ['eval.py', f'--model={train.EMBEDDED_WARMSTART}', f'--data={train.EMBEDDED_DATA}',
@@ -103,6 +105,23 @@ def test_sizes_that_do_not_divide_name_the_flag_to_change():
   assert p.stdout.startswith('devices: 3 x cpu, mesh data=1 fsdp=3 tensor=1, 1 process'), p.stdout
 
 
+def test_parse_mesh_reads_every_form_and_names_what_is_wrong():
+  assert sharding.parse_mesh('', 8) == sharding.parse_mesh('auto', 8) == (1, 8, 1)   # FSDP over every device
+  assert sharding.parse_mesh('2,4,1', 8) == (2, 4, 1)
+  assert sharding.parse_mesh('2,-1,2', 8) == (2, 2, 2)   # -1: the rest of the devices
+  assert sharding.parse_mesh('-1', 8) == (8, 1, 1) and sharding.parse_mesh('2,4', 8) == (2, 4, 1)   # missing: 1
+  assert sharding.parse_mesh('1,1,1', 1) == (1, 1, 1)
+  for text, message in [('2x4', 'expected three integers data,fsdp,tensor'),
+                        ('1,2,2,2', 'expected three positive sizes'), ('-1,-1,2', 'expected three positive sizes'),
+                        ('0,8,1', 'expected three positive sizes'), ('-2,4,1', 'expected three positive sizes'),
+                        ('3,-1,1', '8 devices do not divide by 3'),
+                        ('2,2,1', "--mesh='2,2,1' has 4 devices, this process sees 8")]:
+    with pytest.raises(ValueError, match=re.escape(message)):
+      sharding.parse_mesh(text, 8)
+  with pytest.raises(train.FlagError, match='has 16 devices'):   # train.py names it as a flag error
+    train.validate(train.RLConfig(), train.DataConfig(), train.RunConfig(mesh='2,8,1'), 8)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The banner and the unseen accelerator
 
@@ -169,16 +188,24 @@ def test_announce_prints_the_banner_first_then_the_warning(tmp_path, capsys):
 # Memory before the first step (on the CPU with a capacity passed in; train.py checks only on an accelerator)
 
 
+# Held-out prompts: the evaluation samples them EVAL_SAMPLES times in one call of 3 prompts (6 rows, 3 per device),
+# padded to the bucket of the longest, 45 characters: 64, wider than the training prompts' 32.
+HELD_OUT = [data.Example('q', '3', '1 + 2 =', None), data.Example('q', '30', '1 + 2 + 3 + 4 =' * 3, None),
+            data.Example('q', '5', '2 + 3 =', None)]
+EVAL_SAMPLES = 2
+
+
 @pytest.fixture(scope='module')
 def policy(tmp_path_factory):
   """train.setup of the embedded policy on a 1x2x1 mesh: 2 prompts x 4 samples = 8 rows, 4 per device, so the
-  update can be split into 2 or 4 micro-batches; and check_fits with room to spare."""
+  update can be split into 2 or 4 micro-batches; and check_fits with room to spare, the evaluation included."""
   rl = train.RLConfig(num_prompts=2, num_samples=4, max_new_tokens=32)
   run = train.RunConfig(workdir=str(tmp_path_factory.mktemp('memory')))
   s, state, text, _ = train.setup(rl, train.DataConfig(), run, (1, 2, 1), None)
   examples = [data.Example('q', '3', '1 + 2 =', None), data.Example('q', '12', '1 + 2 + 3 =' * 2, None)]
   lines = []
-  phases = memory.check_fits(s, state, text, examples, run, capacity=2 ** 40, log=lines.append)
+  phases = memory.check_fits(s, state, text, examples, run, held_out=(HELD_OUT, []), eval_samples=EVAL_SAMPLES,
+                             capacity=2 ** 40, log=lines.append)
   return s, state, text, examples, run, phases, lines
 
 
@@ -187,13 +214,20 @@ def test_check_fits_reports_the_need_next_to_the_capacity(policy):
   assert len(lines) == 1 and lines[0].startswith('memory per device (XLA\'s estimate): update ')
   assert 'of 1024.00 GiB (cpu; fits under 90%: 921.60 GiB)' in lines[0]
   assert '8 rows x 32 + 32 tokens in 1 micro-batch' in lines[0]   # the longest prompt, 22 characters: bucket 32
+  assert ', eval ' in lines[0] and lines[0].endswith('; eval: 3 prompts x 2 samples per call')
   params = memory.nbytes_per_device(memory.abstract(state['params']))
   opt = memory.nbytes_per_device(memory.abstract(state['opt_state']))
-  # The update holds the state (donated: its outputs alias it) and the frozen reference beside it; the sampler
-  # holds the parameters it samples with, the optimizer state and the reference beside it.
-  u, smp = phases['update'], phases['sampler']
+  # The update holds the state (donated: its outputs alias it) and the frozen reference beside it; the samplers
+  # (training's and the evaluation's) hold the parameters they sample with, the optimizer state and the reference
+  # beside it.
+  u, smp, ev = phases['update'], phases['sampler'], phases['eval']
   assert u.resident == params and u.alias >= params + opt and u.need > 2 * params + opt
-  assert smp.resident == opt + params and smp.argument >= params and smp.need > 2 * params + opt
+  for p in (smp, ev):
+    assert p.resident == opt + params and p.argument >= params and p.need > 2 * params + opt
+  # The evaluation's phase is the sampler compiled for its own call: 3 held-out prompts of bucket 64, 2 samples.
+  want = memory.sampler_phase(state['params'], s.sampler.cfg, s.mesh, 3, EVAL_SAMPLES, 64, 32, opt + params)
+  assert dataclasses.replace(ev, seconds=0) == dataclasses.replace(want, seconds=0)
+  assert ev.temp != smp.temp
 
 
 def test_check_fits_names_the_micro_batches_that_fit(policy):
@@ -209,15 +243,17 @@ def test_check_fits_names_the_micro_batches_that_fit(policy):
   assert lines[1:] == ['memory: the update does not fit; compiling it with --micro_batches=2 ...']
 
 
-def fake_phases(monkeypatch, update_needs, sampler_need):
+def fake_phases(monkeypatch, update_needs, sampler_need, eval_need=0):
   """check_fits with made-up needs instead of compiling: memory.train_step returns (micro-batches, remat), the
-  run's own step is 'run'; returns the list of steps whose need was asked for, in order."""
+  run's own step is 'run'; the sampler called for HELD_OUT's 3 prompts x EVAL_SAMPLES is the evaluation's.
+  Returns the list of steps whose need was asked for, in order."""
   asked = []
   phase = lambda need: memory.Phase(argument=need, output=0, temp=0, alias=0, resident=0, seconds=0.0)
   monkeypatch.setattr(memory, 'train_step', lambda s, state, m, remat: (m, remat))
   monkeypatch.setattr(memory, 'update_phase', lambda step, *a: (
       asked.append(step if isinstance(step, tuple) else 'run'), phase(update_needs[asked[-1]]))[1])
-  monkeypatch.setattr(memory, 'sampler_phase', lambda *a, **k: phase(sampler_need))
+  monkeypatch.setattr(memory, 'sampler_phase', lambda params, cfg, mesh, prompts, samples, *a, **k: phase(
+      eval_need if (prompts, samples) == (len(HELD_OUT), EVAL_SAMPLES) else sampler_need))
   return asked
 
 
@@ -248,6 +284,24 @@ def test_check_fits_says_when_nothing_fits_and_when_the_sampler_does_not(policy,
     memory.check_fits(s, state, text, examples, dataclasses.replace(run, remat=True), capacity=100,
                       log=lambda line: None)
   assert asked == ['run', (2, True), (4, True)]
+
+
+def test_check_fits_stops_a_run_whose_evaluation_does_not_fit(policy, monkeypatch):
+  """The update and the training sampler fit, the held-out evaluation's sampler (3 prompts x 2 samples per call)
+  does not: the error names the evaluation's flags, before the 'before' evaluation would run out of memory."""
+  s, state, text, examples, run, _, _ = policy
+  fake_phases(monkeypatch, {'run': 10}, 10, eval_need=200)
+  with pytest.raises(ValueError) as e:
+    memory.check_fits(s, state, text, examples, run, held_out=(HELD_OUT, []), eval_samples=EVAL_SAMPLES,
+                      capacity=100, log=lambda line: None)
+  message = str(e.value)
+  assert message.startswith('out of memory before the first step: the held-out evaluation needs 0.00 GiB per device '
+                            'for 3 prompts x 2 samples of up to 32 tokens per sampler call: use fewer --eval_samples, '
+                            'fewer --eval_prompts and --val_prompts'), message
+  assert '--max_new_tokens' in message and '--mesh' in message and 'update step' not in message
+  # No held-out prompts (--eval_prompts=0): no evaluation to check.
+  assert set(memory.check_fits(s, state, text, examples, run, held_out=([], []), eval_samples=EVAL_SAMPLES,
+                               capacity=100, log=lambda line: None)) == {'update', 'sampler'}
 
 
 def test_the_rebuilt_step_has_train_pys_loss(policy):

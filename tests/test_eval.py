@@ -1,6 +1,8 @@
 """eval.py: the metrics (avg@k, maj@k, pass@k, paired gain, early stopping) against numbers worked out by hand;
-`evaluate` on hand-written completions; the CLI end to end on a hand-built checkpoint whose output is known and
-on the shipped tiny checkpoint."""
+`evaluate` on hand-written completions and, on the 8 fake devices, with its rows split over the mesh; the CLI end
+to end on a hand-built checkpoint whose output is known and on the shipped tiny checkpoint. Also train.py's
+inputs as eval.py's: a --model that does not resolve leaves the workdir untouched."""
+import dataclasses
 import itertools
 import json
 import math
@@ -16,6 +18,8 @@ import data
 import eval as eval_lib
 import hf
 import model
+import sharding
+import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = lambda a: f'so the answer is \\boxed{{{a}}}.' if a is not None else 'I give up.'
@@ -43,8 +47,8 @@ def fake_generate(monkeypatch):
   calls = []
 
   def generate(params, cfg, text, prompts, *, num_samples, max_new_tokens, temperature, top_p=1.0, key, mesh=None,
-               return_rollout=False):
-    calls.append((list(prompts), np.asarray(jax.random.key_data(key)).tolist(), num_samples))
+               batch_axes=('data',), return_rollout=False):
+    calls.append((list(prompts), np.asarray(jax.random.key_data(key)).tolist(), num_samples, tuple(batch_axes)))
     return [by_prompt[p][:num_samples] for p in prompts]
 
   monkeypatch.setattr(eval_lib.sample, 'generate', generate)
@@ -105,6 +109,90 @@ def test_partial_credit_is_not_correct(monkeypatch):
   assert res['records'][0]['correct'] == [1, 0, 0, 0] and res['records'][0]['label'] == 'lions'
   assert (res['avg@k'], res['maj@k'], res['pass@k']) == (0.25, 0.0, 1.0)
   assert res['avg@k_ci95'] == [0.0, 1.0]   # one prompt: no spread to estimate
+
+
+def test_chunks_divide_over_the_mesh():
+  """A sampler call's prompts divide over the data axis and its prompts x samples rows over data x fsdp, as
+  training's do: rounded up to what the prompts need (padding), down to what batch_prompts allows, at least one
+  such multiple. One device or no mesh: min(batch_prompts, prompts), as before meshes were used here."""
+  size = lambda n, batch, k, mesh: eval_lib.chunk_size(n, batch, k, mesh and sharding.make_mesh(mesh))
+  assert size(40, 64, 8, None) == size(40, 64, 8, (1, 1, 1)) == 40 and size(100, 64, 8, (1, 1, 1)) == 64
+  assert size(16, 64, 8, (1, 8, 1)) == 16      # 128 rows, 16 per device
+  assert size(5, 64, 3, (1, 8, 1)) == 8        # 3 samples: prompts in eights (24 rows)
+  assert size(5, 64, 2, (1, 8, 1)) == 8        # 2 samples: fours
+  assert size(5, 64, 4, (1, 8, 1)) == 6        # 4 samples: twos
+  assert size(3, 64, 8, (2, 4, 1)) == 4        # the data axis splits prompts: twos
+  assert size(100, 30, 1, (2, 4, 1)) == 24     # 1 sample: eights, batch_prompts rounded down
+  assert size(100, 3, 1, (2, 4, 1)) == 8       # never below one multiple
+
+
+def test_evaluate_on_a_mesh_pads_the_chunk_and_drops_the_padding(fake_generate):
+  """5 prompts x 4 samples over 8 devices: one call of 6 prompts (the last repeated) with the training sampler's
+  batch axes; the records are the 5 prompts' own."""
+  res = eval_lib.evaluate(None, None, None, make_examples(), num_samples=4, max_new_tokens=8, temperature=1.0,
+                          key=jax.random.key(0), mesh=sharding.make_mesh((1, 8, 1)))
+  assert [(c[0], c[3]) for c in fake_generate] == [([f'prompt {i}' for i in (0, 1, 2, 3, 4, 4)], ('data', 'fsdp'))]
+  assert res['num_prompts'] == 5 and res['avg@k'] == pytest.approx(0.4)
+
+
+def test_evaluate_splits_the_rows_over_the_devices_and_matches_one_device(tmp_path, monkeypatch):
+  """A tiny random policy on the 8 fake devices (FSDP): 5 prompts x 3 samples is padded to 8 prompts, whose 24
+  rows (and KV cache) are split 3 per device instead of held whole on each; the completions are those of one
+  device without a mesh."""
+  cfg = model.Config(vocab_size=len(hf.CHAR_VOCAB), d_model=32, num_layers=1, num_heads=4, num_kv_heads=2,
+                     head_dim=8, mlp_dim=48)
+  rng = np.random.RandomState(0)   # numpy, not model.init_params: no compile for it
+  params = jax.tree.map(lambda shape: np.float32(0.5) * rng.standard_normal(shape).astype(np.float32),
+                        model.param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+  hf.build_char_tokenizer(str(tmp_path))
+  text = hf.Text.load(str(tmp_path))
+  examples = [data.Example(f'q{i}', str(i), p, None) for i, p in enumerate(['1+2=', '3+4=', 'x', '10-3=', 'ab'])]
+  seen, real = [], eval_lib.sample.sample
+  def spy(*a, **k):
+    rollout = real(*a, **k)
+    seen.append((rollout.tokens.shape, {s.data.shape[0] for s in rollout.tokens.addressable_shards}))
+    return rollout
+  monkeypatch.setattr(eval_lib.sample, 'sample', spy)
+  kw = dict(num_samples=3, max_new_tokens=6, temperature=1.0, key=jax.random.key(1))
+  mesh = sharding.make_mesh((1, 8, 1))
+  got = eval_lib.evaluate(jax.device_put(params, sharding.param_shardings(cfg, mesh)), cfg, text, examples,
+                          mesh=mesh, **kw)
+  want = eval_lib.evaluate(params, cfg, text, examples, **kw)
+  assert seen == [((24, 6), {3}), ((15, 6), {15})]
+  assert [r['completions'] for r in got['records']] == [r['completions'] for r in want['records']]
+  assert len({c for r in got['records'] for c in r['completions']}) > 5   # random samples, not one text
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+  """HF_HUB_OFFLINE=1 and an empty cache (as test_hf.py's): a hub id cannot be fetched, nothing goes out."""
+  import huggingface_hub.constants
+  cache = tmp_path / 'hf_home' / 'hub'
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf_home'))
+  monkeypatch.setenv('HF_HUB_CACHE', str(cache))
+  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
+  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+
+
+def test_a_model_or_data_that_does_not_resolve_leaves_the_workdir_unclaimed(tmp_path, offline):
+  """train.py (#12): offline, --model=ORG/NAME fails with its error before anything is written to --workdir, and
+  so does an hf: --data; the same --workdir then takes a local --model, which claims it (run.json)."""
+  workdir = tmp_path / 'run'
+  rl, run = train.RLConfig(), train.RunConfig(workdir=str(workdir))
+  dc = train.DataConfig(model='Qwen/Qwen3-4B-Base', data=train.EMBEDDED_DATA, data_size=64, eval_prompts=8)
+  with pytest.raises(ValueError, match="'Qwen/Qwen3-4B-Base' is not a local directory"):
+    train.resolve_inputs(rl, dc, run)
+  with pytest.raises(ValueError, match="'hf:org/name/x.jsonl'"):
+    train.resolve_inputs(rl, dataclasses.replace(dc, model=train.EMBEDDED_WARMSTART, data='hf:org/name/x.jsonl'), run)
+  assert not workdir.exists()
+  local = dataclasses.replace(dc, model=train.EMBEDDED_WARMSTART)
+  got, (train_examples, eval_examples, _, _) = train.resolve_inputs(rl, local, run)
+  assert got.model == train.EMBEDDED_WARMSTART and len(eval_examples) == 8
+  assert json.loads((workdir / 'run.json').read_text()) == {'model': train.EMBEDDED_WARMSTART, 'mode': 'self',
+                                                            'data': train.EMBEDDED_DATA}
+  with pytest.raises(ValueError, match='holds a run with model='):   # a claimed workdir still refuses another model
+    train.resolve_inputs(rl, dataclasses.replace(dc, model=str(tmp_path)), run)
 
 
 # ------------------------------------------------------------------------------------------------ metrics

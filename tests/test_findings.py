@@ -139,18 +139,24 @@ def test_main_table_from_hand_made_results():
 
 
 def test_rewards_table_marks_runs_not_made():
-  rows = rows_of(findings.render_rewards_table(results()['runs']))
-  assert rows['vote (SRT)'][2:] == ['0.600 -> 0.700', '+10.0 ± 1.6', '0.620 -> 0.670', '+5.0 ± 1.6', '+10.0 ± 2.0',
-                                    '+0.0 ± 1.0', '- / 3 |']
-  assert rows['soft_vote'][2:] == ['-'] * 6 + ['- / - |']
+  lines = [line.split(' | ') for line in findings.render_rewards_table(results()['runs']).splitlines()
+           if line.startswith('| vote') or line.startswith('| soft_vote') or line.startswith('|  |')]
+  vote0, vote1, soft0, soft1 = lines[:4]
+  # maj@8 is avg@8 + 0.1 in fake_run; pass@8 0.9 before and after.
+  assert vote0[2:] == ['0', '0.600 -> 0.700', '+10.0 ± 1.6', '0.700 -> 0.800', '+10.0 ± 2.0', '0.900 -> 0.900',
+                       '+0.0 ± 1.0', '- |']
+  assert vote1[:3] == ['| ', '', '1'] and vote1[3:5] == ['0.620 -> 0.670', '+5.0 ± 1.6'] and vote1[-1] == '3 |'
+  assert soft0[1] == '`--reward=soft_vote`' and soft0[3:] == ['-'] * 6 + ['- |'] and soft1[3:] == ['-'] * 6 + ['- |']
 
 
 def test_collapse_table_lead_time_and_end_state():
   block = findings.render_collapse_table(results()['runs'])
   row = rows_of(block)['collapse']
   # Start 0.25, lowest 0.02 at the end (step 20), 5 points below the start first at step 10; alarm at 6.
-  assert row[1:9] == ['0.250', '0.020 (20)', '0.020', '10', '6', '4', '0.900', '0.050 |']
+  assert row[1:10] == ['-', '0.250', '0.020 (20)', '0.020', '10', '6', '4', '0.900', '0.050 |']
   assert rows_of(block)['collapse_online'][1] == '(not run)'
+  assert 'All at seed 0. Each run is `python train.py --mode=self --data=rg:chain_sum:' in block
+  assert 'it cannot fire before step 10' in block
   assert '`29 + 12 - 30 =` -> ` 29. \\boxed{29}` (8 of 8 samples; the true answer is 11)' in block
 
 
@@ -170,9 +176,16 @@ def test_early_stopping_and_lr_collapse():
 
 def test_curricula_table():
   rows = rows_of(findings.render_curricula(results()['runs']))
-  assert rows['collapse'][1:4] == ['0.250', '-', '-'] and rows['collapse'][5] == '0.100'
+  assert rows['collapse'][1:5] == ['-', '0.250', '-', '-'] and rows['collapse'][6] == '0.100'
   assert rows['collapse_offline'][-1] == '504 of 1529 |' and rows['collapse'][-1] == 'all |'
-  assert rows['collapse'][6] == '20.0' and rows['collapse_offline'][6] == '-'
+  assert rows['collapse'][7] == '20.0' and rows['collapse_offline'][7] == '-'
+
+
+def test_extra_flags_are_what_a_run_adds_to_the_collapse_command():
+  run = {'command': ' '.join(['python', 'train.py'] + findings.merge_flags(findings.COLLAPSE, ['--steps=200',
+                                                                                              '--reward=random']))}
+  assert findings.extra_flags(run) == '`--steps=200 --reward=random`'
+  assert findings.extra_flags({'command': ' '.join(['python', 'train.py'] + findings.COLLAPSE)}) == '-'
 
 
 def test_machine_block_and_missing_runs():
@@ -266,6 +279,15 @@ def test_unknown_run_name_is_an_error(capsys):
   with pytest.raises(SystemExit):
     findings.parse_args(['--only=defualt'])
   assert 'unknown run defualt' in capsys.readouterr().err
+
+
+def test_a_smoke_run_must_not_write_the_real_results(capsys, tmp_path):
+  with pytest.raises(SystemExit):
+    findings.parse_args(['--only=default', '--steps=2'])
+  assert 'pass --out and --readme too' in capsys.readouterr().err
+  args = findings.parse_args(['--steps=2', f'--out={tmp_path / "f.json"}', f'--readme={tmp_path / "README.md"}'])
+  assert args.out == str(tmp_path / 'f.json')
+  assert findings.parse_args([]).out == os.path.join(ROOT, 'assets', 'findings.json')
 
 def test_the_readme_holds_every_marker():
   with open(os.path.join(ROOT, 'README.md')) as f:

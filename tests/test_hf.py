@@ -1,7 +1,8 @@
 """hf.py against the reference: transformers' own Qwen2 / Qwen3 / Llama classes on random weights they write
 (save_pretrained), read with hf.load_checkpoint; our exports read back by transformers; the public config.json of
-the paper's models read to model.PRESETS; every unsupported setting refused by name. No network: hub lookups run
-with HF_HUB_OFFLINE=1 on an empty cache."""
+the paper's models read to model.PRESETS; every unsupported setting and unused tensor refused by name; Llama 3.1's
+and Qwen3's published chat templates on byte-level tokenizers with their special tokens. No network: hub lookups
+run with HF_HUB_OFFLINE=1 on an empty cache, or against a mocked huggingface_hub."""
 import dataclasses
 import json
 import os
@@ -101,7 +102,8 @@ def test_logits_equal_transformers(tmp_path, name):
     assert np.abs(our_logits(params, plain, TOKENS, VALID)[VALID] - want).max() > 100 * 1e-4
 
 
-@pytest.mark.parametrize('name', ['qwen2_gqa2_tied', 'qwen3_untied_bias', 'llama3_scaled', 'llama_deepseek'])
+@pytest.mark.parametrize('name', ['qwen2_gqa2_tied', 'qwen3_tied', 'qwen3_untied_bias', 'llama3_scaled',
+                                  'llama_deepseek'])
 def test_greedy_equals_transformers_generate(tmp_path, name):
   """sample.sample at temperature 0 (prefill + decode_step) against transformers' greedy generate, prompts of
   mixed lengths left-padded with an attention mask, up to 21 tokens (past llama3's original length 8)."""
@@ -197,6 +199,34 @@ def test_bfloat16_round_trip(tmp_path):
   cfg2, params2 = hf.load_checkpoint(str(tmp_path))
   assert cfg2 == cfg and params2['embed'].dtype == jnp.bfloat16
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, params2)
+
+
+
+def test_bf16_model_exports_bf16(tmp_path):
+  """A bf16 model trained with float32 master weights (the Config load_policy gives a bf16 checkpoint) exports its
+  weights in bf16 with torch_dtype bfloat16, at half the float32 size: a run that starts from the export (load_policy
+  again, as a recipe's second stage does) gets the same Config back, so its matmuls stay bf16, and the master
+  weights rounded to bf16. A float32 model (the embedded default) exports float32, bit for bit, as before."""
+  tok = str(tmp_path / 'tok')
+  hf.build_char_tokenizer(tok)
+  sizes = {}
+  for dtype in ('bfloat16', 'float32'):
+    cfg = tiny_cfg(vocab_size=len(hf.CHAR_VOCAB), param_dtype='float32', dtype=dtype, **EXPORTS['qwen3_tied'])
+    params = random_params(cfg)
+    path = str(tmp_path / dtype)
+    hf.save_checkpoint(path, cfg, params, tokenizer_dir=tok)
+    config = json.load(open(os.path.join(path, 'config.json')))
+    assert config['torch_dtype'] == config['dtype'] == dtype
+    stored = hf.read_safetensors(os.path.join(path, 'model.safetensors'))
+    assert {a.dtype for a in stored.values()} == {np.dtype(jnp.dtype(dtype))}
+    sizes[dtype] = os.path.getsize(os.path.join(path, 'model.safetensors'))
+    cfg2, params2, _, _ = hf.load_policy(path)
+    assert cfg2 == cfg and params2['embed'].dtype == np.float32
+    rounded = jax.tree.map(lambda a: np.asarray(a).astype(jnp.dtype(dtype)).astype(np.float32), params)
+    jax.tree.map(np.testing.assert_array_equal, params2, rounded)   # float32: the identity, bit for bit
+    ref = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    assert ref.dtype == getattr(torch, dtype)   # transformers too reads it as a model of that dtype
+  assert sizes['bfloat16'] < 0.52 * sizes['float32']
 
 
 # ---- config.json: the paper's models, the variants written by transformers 4 and 5, what is refused
@@ -350,6 +380,49 @@ def test_truncated_safetensors(tmp_path):
     hf.load_checkpoint(str(tmp_path))
 
 
+
+def test_unused_tensors_are_refused(tmp_path):
+  """Tensors config.json has no place for are an error naming them (transformers only warns, its unexpected keys,
+  and loads a different model): biases the config says are absent, layers past num_hidden_layers, experts. What
+  transformers drops itself loads: a stale per-layer rotary inv_freq, a tied checkpoint's head equal to the embedding;
+  a tied checkpoint whose head differs is refused (transformers would untie it)."""
+  cfg = tiny_cfg(**EXPORTS['qwen3_tied'])
+  params = random_params(cfg)
+  path, file = str(tmp_path), os.path.join(tmp_path, 'model.safetensors')
+  hf.save_checkpoint(path, cfg, params)
+  tensors, config = hf.read_safetensors(file), json.load(open(os.path.join(path, 'config.json')))
+  embed = tensors['model.embed_tokens.weight']
+  bias = {f'model.layers.{i}.self_attn.{p}_proj.bias': np.zeros(n, np.float32) for i in range(2)
+          for p, n in (('q', 64), ('k', 32), ('v', 32), ('o', 32))}
+
+  def write(extra, **edits):
+    hf.write_safetensors(file, {**tensors, **extra})
+    json.dump({**config, **edits}, open(os.path.join(path, 'config.json'), 'w'))
+    _, info = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, output_loading_info=True)
+    return sorted(info['unexpected_keys'], key=lambda n: [(0, int(p), '') if p.isdigit() else (1, 0, p)
+                                                          for p in n.split('.')])
+
+  accepted = [{'model.layers.0.self_attn.rotary_emb.inv_freq': np.ones(4, np.float32),
+               'model.layers.1.self_attn.rotary_emb.inv_freq': np.ones(4, np.float32)},
+              {'lm_head.weight': embed.copy()}]
+  for extra in accepted:
+    assert write(extra) == []
+    _, params2 = hf.load_checkpoint(path)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params, params2)
+  refused = [(bias, {}), ({}, dict(num_hidden_layers=1)),
+             ({'model.layers.0.mlp.experts.0.down_proj.weight': np.zeros((32, 48), np.float32)}, {})]
+  for extra, edits in refused:
+    unexpected = write(extra, **edits)
+    assert unexpected
+    more = f' and {len(unexpected) - 5} more' if len(unexpected) > 5 else ''
+    with pytest.raises(ValueError, match=f'model.safetensors: {len(unexpected)} tensor.s. that config.json has no '
+                                         f'place for: {", ".join(unexpected[:5])}{more}. '):
+      hf.load_checkpoint(path)
+  write({'lm_head.weight': embed + 1})
+  with pytest.raises(ValueError, match='tie_word_embeddings=true, but lm_head.weight differs'):
+    hf.load_checkpoint(path)
+
+
 # ---- tokenizers, stop ids, the Text boundary
 
 
@@ -395,6 +468,290 @@ def test_text_encode_and_decode(tmp_path):
   assert text.decode(tokens, mask) == ['hi', 'yo']
 
 
+# ---- the published chat templates of the paper's models, on byte-level tokenizers with their special tokens
+
+# Llama-3.1-8B-Instruct's chat template (its tokenizer_config.json) and Qwen3's (Qwen/Qwen3-8B's), as published
+# except that lines over 120 characters are wrapped inside their tags (Jinja joins adjacent string literals and
+# ignores whitespace in a tag: the renderings are the same).
+LLAMA31_TEMPLATE = r"""{{- bos_token }}
+{%- if custom_tools is defined %}
+    {%- set tools = custom_tools %}
+{%- endif %}
+{%- if not tools_in_user_message is defined %}
+    {%- set tools_in_user_message = true %}
+{%- endif %}
+{%- if not date_string is defined %}
+    {%- set date_string = "26 Jul 2024" %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+
+{#- This block extracts the system message, so we can slot it into the right place. #}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+
+{#- System message + builtin tools #}
+{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
+{%- if builtin_tools is defined or tools is not none %}
+    {{- "Environment: ipython\n" }}
+{%- endif %}
+{%- if builtin_tools is defined %}
+    {{- "Tools: " + builtin_tools | reject('equalto', 'code_interpreter') | join(", ") + "\n\n"}}
+{%- endif %}
+{{- "Cutting Knowledge Date: December 2023\n" }}
+{{- "Today Date: " + date_string + "\n\n" }}
+{%- if tools is not none and not tools_in_user_message %}
+    {{- "You have access to the following functions. To call a function, please respond with JSON for a function "
+        "call." }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+    {{- "Do not use variables.\n\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\n\n" }}
+    {%- endfor %}
+{%- endif %}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+
+{#- Custom tools are passed in a user message with some extra guidance #}
+{%- if tools_in_user_message and not tools is none %}
+    {#- Extract the first user message so we can plug it in here #}
+    {%- if messages | length != 0 %}
+        {%- set first_user_message = messages[0]['content']|trim %}
+        {%- set messages = messages[1:] %}
+    {%- else %}
+        {{- raise_exception("Cannot put tools in the first user message when there's no first user message!") }}
+{%- endif %}
+    {{- '<|start_header_id|>user<|end_header_id|>\n\n' -}}
+    {{- "Given the following functions, please respond with a JSON for a function call " }}
+    {{- "with its proper arguments that best answers the given prompt.\n\n" }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+    {{- "Do not use variables.\n\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\n\n" }}
+    {%- endfor %}
+    {{- first_user_message + "<|eot_id|>"}}
+{%- endif %}
+
+{%- for message in messages %}
+    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
+        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim +
+            '<|eot_id|>' }}
+    {%- elif 'tool_calls' in message %}
+        {%- if not message.tool_calls|length == 1 %}
+            {{- raise_exception("This model only supports single tool-calls at once!") }}
+        {%- endif %}
+        {%- set tool_call = message.tool_calls[0].function %}
+        {%- if builtin_tools is defined and tool_call.name in builtin_tools %}
+            {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+            {{- "<|python_tag|>" + tool_call.name + ".call(" }}
+            {%- for arg_name, arg_val in tool_call.arguments | items %}
+                {{- arg_name + '="' + arg_val + '"' }}
+                {%- if not loop.last %}
+                    {{- ", " }}
+                {%- endif %}
+                {%- endfor %}
+            {{- ")" }}
+        {%- else  %}
+            {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+            {{- '{"name": "' + tool_call.name + '", ' }}
+            {{- '"parameters": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- "}" }}
+        {%- endif %}
+        {%- if builtin_tools is defined %}
+            {#- This means we're in ipython mode #}
+            {{- "<|eom_id|>" }}
+        {%- else %}
+            {{- "<|eot_id|>" }}
+        {%- endif %}
+    {%- elif message.role == "tool" or message.role == "ipython" %}
+        {{- "<|start_header_id|>ipython<|end_header_id|>\n\n" }}
+        {%- if message.content is mapping or message.content is iterable %}
+            {{- message.content | tojson }}
+        {%- else %}
+            {{- message.content }}
+        {%- endif %}
+        {{- "<|eot_id|>" }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+"""
+QWEN3_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\n\n' }}
+    {%- endif %}
+    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+        "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+        "<args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and
+          not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1]
+                    .lstrip('\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') +
+                    '\n</think>\n\n' + content.lstrip('\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}
+"""
+CHAT_MODELS = {   # the tokenizer_config.json, generation_config.json and rendered prompt of each, ids renumbered
+    'llama3.1-instruct': dict(
+        template=LLAMA31_TEMPLATE, tokenizer_class='PreTrainedTokenizerFast', bos='<|begin_of_text|>',
+        eos='<|eot_id|>', pad=None, config='llama-3.1-8b',
+        special=['<|begin_of_text|>', '<|end_of_text|>', '<|start_header_id|>', '<|end_header_id|>', '<|eom_id|>',
+                 '<|eot_id|>', '<|python_tag|>'],
+        generation_eos=['<|end_of_text|>', '<|eom_id|>', '<|eot_id|>'],
+        rendered='<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December '
+                 '2023\nToday Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>'
+                 '<|start_header_id|>assistant<|end_header_id|>\n\n',
+        header='<|start_header_id|>assistant<|end_header_id|>\n\n',
+        stops=['<|end_of_text|>', '<|eom_id|>', '<|eot_id|>']),
+    'qwen3-base': dict(
+        template=QWEN3_TEMPLATE, tokenizer_class='Qwen2Tokenizer', bos=None, eos='<|endoftext|>',
+        pad='<|endoftext|>', config='qwen3-4b-base', special=['<|endoftext|>', '<|im_start|>', '<|im_end|>'],
+        generation_eos='<|endoftext|>', rendered='<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n',
+        header='<|im_start|>assistant\n', stops=['<|endoftext|>', '<|im_end|>']),
+}
+
+
+def make_chat_tokenizer(path: str, m: dict) -> str:
+  """A byte-level BPE tokenizer (every byte a token, no merges) with the model's special tokens, saved with its
+  chat template and tokenizer class, a generation_config.json with its end tokens, and its config.json."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+  tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))},
+                             merges=[]))
+  tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+  tok.add_special_tokens(m['special'])
+  if m['bos']:   # as Llama 3's tokenizer.json: every encoding starts with <|begin_of_text|>
+    tok.post_processor = processors.TemplateProcessing(single=f'{m["bos"]} $A',
+                                                       special_tokens=[(m['bos'], tok.token_to_id(m['bos']))])
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=m['bos'], eos_token=m['eos'],
+                                              pad_token=m['pad'])
+  fast.chat_template = m['template']
+  fast.save_pretrained(path)
+  file = os.path.join(path, 'tokenizer_config.json')
+  json.dump({**json.load(open(file)), 'tokenizer_class': m['tokenizer_class']}, open(file, 'w'))
+  eos = m['generation_eos']
+  eos = [tok.token_to_id(t) for t in eos] if isinstance(eos, list) else tok.token_to_id(eos)
+  json.dump({'eos_token_id': eos}, open(os.path.join(path, 'generation_config.json'), 'w'))
+  json.dump(PUBLIC[m['config']], open(os.path.join(path, 'config.json'), 'w'))
+  return path
+
+
+@pytest.mark.parametrize('name', sorted(CHAT_MODELS))
+def test_published_chat_templates(tmp_path, name):
+  """--chat_template with Llama-3.1-Instruct's and Qwen3's own templates: the prompt is the template's rendering of
+  one user turn, ending at the assistant header, with exactly one BOS for Llama (the template writes it, so the
+  tokenizer must not add another) and none for Qwen. Qwen3's template gets no enable_thinking (the project passes
+  none), so it opens no empty <think> block: Qwen3 thinks, as its default. Without --chat_template the prompt is
+  plain text with the tokenizer's own BOS. Sampling stops at every end token the model may emit: Llama 3.1's
+  <|eom_id|> comes only from generation_config.json's list, Qwen3-Base's <|im_end|> (its EOS is <|endoftext|>)
+  only from the chat end markers."""
+  m = CHAT_MODELS[name]
+  path = make_chat_tokenizer(str(tmp_path), m)
+  tok = hf.load_tokenizer(path)
+  enc = lambda s: tok(s, add_special_tokens=False)['input_ids']
+  special = {t: tok.convert_tokens_to_ids(t) for t in m['special']}
+  chat, plain = hf.Text.load(path, chat_template=True), hf.Text.load(path)
+  prompt = 'What is 2+3? Answer in \\boxed{}.'
+  (ids,) = chat.encode([prompt])
+  assert tok.decode(ids) == m['rendered'].format(prompt) and ids == enc(m['rendered'].format(prompt))
+  assert ids[-len(enc(m['header'])):] == enc(m['header'])          # ends at the assistant header
+  bos = [special[m['bos']]] if m['bos'] else []
+  assert tok.bos_token_id == (bos[0] if bos else None)
+  assert ids[:len(bos)] == bos and [i for i in ids if i in bos] == bos   # one BOS, first (Llama); none (Qwen)
+  assert plain.encode([prompt]) == [bos + enc(prompt)]
+  stops = sorted(special[t] for t in m['stops'])
+  assert chat.stop_ids == plain.stop_ids == stops
+  assert chat.decode(np.array([enc('5') + stops[-1:]]), np.ones((1, 2), bool)) == ['5']
+
 # ---- hub ids, never on the network
 
 
@@ -412,8 +769,9 @@ def offline(tmp_path, monkeypatch):
 
 def test_resolve_model(tmp_path, offline):
   assert hf.resolve_model(str(tmp_path)) == str(tmp_path)
-  with pytest.raises(ValueError, match=r"'Qwen/Qwen3-4B-Base' is not a local directory.*--local-dir DIR"):
-    hf.resolve_model('Qwen/Qwen3-4B-Base')
+  with pytest.raises(ValueError, match=r"'meta-llama/Llama-3.1-8B-Instruct' is not a local directory.*--local-dir DIR.*"
+                                       r"gated.*`hf auth login`.*HF_TOKEN"):
+    hf.resolve_model('meta-llama/Llama-3.1-8B-Instruct')
   with pytest.raises(ValueError, match=r"'no such dir/or/id' is neither a directory nor .* ORG/NAME"):
     hf.resolve_model('no such dir/or/id')
   # A snapshot already in the cache is found offline.
@@ -431,6 +789,40 @@ def test_resolve_data(offline):
     hf.resolve_data('hf:org/name')
   with pytest.raises(ValueError, match=r"'hf:org/name/dir/x.jsonl'.*'dir/x.jsonl' of dataset 'org/name'.*--repo-type"):
     hf.resolve_data('hf:org/name/dir/x.jsonl')
+
+
+def test_hub_ids_fetch_what_is_read(tmp_path, offline, monkeypatch):
+  """resolve_model and resolve_data call huggingface_hub (mocked here) with the repository and files, and use the
+  directory / file it returns. The model patterns, applied as huggingface_hub applies them (fnmatch, whose '*' also
+  matches '/'), pick from the files of Llama-3.1-8B-Instruct's repository (and a made-up subfolder of weights in
+  another format) the config, weights, tokenizer and generation config at the top level, and nothing else."""
+  snapshot = str(tmp_path / 'snapshot')
+  cfg = tiny_cfg(vocab_size=len(hf.CHAR_VOCAB))
+  hf.save_checkpoint(snapshot, cfg, random_params(cfg))
+  hf.build_char_tokenizer(snapshot)
+  calls = []
+  monkeypatch.setattr(huggingface_hub, 'snapshot_download', lambda *a, **kw: calls.append((a, kw)) or snapshot)
+  monkeypatch.setattr(huggingface_hub, 'hf_hub_download', lambda *a, **kw: calls.append((a, kw)) or 'local.jsonl')
+  cfg2, _, _, path = hf.load_policy('meta-llama/Llama-3.1-8B-Instruct')
+  assert path == snapshot and cfg2 == cfg
+  (args, kw), = calls
+  assert args == ('meta-llama/Llama-3.1-8B-Instruct',) and kw['local_files_only'] is True   # HF_HUB_OFFLINE=1
+  shards = [f'model-0000{i}-of-00004.safetensors' for i in range(1, 5)]
+  repo = ['.gitattributes', 'LICENSE', 'README.md', 'USE_POLICY.md', 'config.json', 'generation_config.json',
+          *shards, 'model.safetensors.index.json', 'original/consolidated.00.pth', 'original/params.json',
+          'original/tokenizer.model', 'special_tokens_map.json', 'tokenizer.json', 'tokenizer_config.json',
+          'onnx/model.safetensors']
+  pick = lambda **patterns: list(huggingface_hub.utils.filter_repo_objects(repo, **patterns))
+  assert pick(allow_patterns=kw['allow_patterns'], ignore_patterns=kw['ignore_patterns']) == [
+      'config.json', 'generation_config.json', *shards, 'model.safetensors.index.json', 'special_tokens_map.json',
+      'tokenizer.json', 'tokenizer_config.json']
+  assert 'onnx/model.safetensors' in pick(allow_patterns=kw['allow_patterns'])   # why the subfolders are ignored
+  calls.clear()
+  assert hf.resolve_data('hf:HuggingFaceH4/MATH-500/test.jsonl') == 'local.jsonl'
+  assert hf.resolve_data('hf:org/name/data/train-00000-of-00001.parquet') == 'local.jsonl'
+  assert calls == [(('HuggingFaceH4/MATH-500', 'test.jsonl'), dict(repo_type='dataset', local_files_only=True)),
+                   (('org/name', 'data/train-00000-of-00001.parquet'), dict(repo_type='dataset',
+                                                                           local_files_only=True))]
 
 
 def test_zz_print_measured():

@@ -1,6 +1,9 @@
-"""train.py and the SRT math it calls: advantages, KL and loss against numbers worked out by hand; one RL step on
-fixed samples (labels, rewards, refills, KL placement); the sharded update against the single-device update;
-the script itself in subprocesses (every mode, kill-and-resume, bad inputs, NaN, the README's fork example)."""
+"""train.py and the SRT math it calls: advantages, KL, loss and rewards against numbers worked out by hand (the
+format and soft-vote rewards on texts as the sampler extracts them); one RL step on fixed samples (labels, rewards,
+refills, KL placement); real steps of the shipped policy built by train.setup (every reward and label source,
+TTRL's split); the EMA teacher's placement and checkpoint; the sharded update against the single-device update;
+--stop_on_collapse in-process with the alarm forced; a half-written checkpoint; the script itself in subprocesses
+(every mode, bad inputs, NaN, the README's fork example)."""
 import dataclasses
 import json
 import os
@@ -13,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import alarm
 import data as data_lib
 import hf
 import model
@@ -171,10 +175,60 @@ def test_label_free_rewards_by_hand():
   g = dataclasses.replace(g, mask=mask, self_certainty=cert, entropy=ent)
   np.testing.assert_allclose(rewards.REWARDS['self_certainty'].fn(g), [3.0, 2.0, 0.5], rtol=1e-6)
   np.testing.assert_allclose(rewards.REWARDS['neg_entropy'].fn(g), [-0.3, -0.5, -0.3], rtol=1e-6)
-  np.testing.assert_array_equal(rewards.REWARDS['format'].fn(g), [1, 0, 1])   # a box that parses, or not
   # The label-free rewards train on every prompt; the vote's need a label.
   assert [k for k, r in rewards.REWARDS.items() if not r.needs_label] == ['self_certainty', 'neg_entropy', 'random',
                                                                            'format']
+
+
+class FakeText:
+  """The text boundary of a sampler whose completions are given texts."""
+  stop_ids, pad_id = (), 0
+
+  def __init__(self, texts):
+    self.texts = texts
+
+  def encode(self, prompts):
+    return [[1]] * len(prompts)
+
+  def decode(self, tokens, mask):
+    return list(self.texts)
+
+
+def sampled_group(monkeypatch, texts):
+  """One Group as rollouts.Sampler makes it from completions that decode to `texts` (the model's sampling loop
+  replaced): the answers are extracted the way training extracts them."""
+  def sample(params, cfg, prompts, *, num_samples, **kw):
+    B = len(prompts) * num_samples
+    z = np.zeros((B, 3), np.float32)
+    return rollouts.sample_lib.Rollout(tokens=np.zeros((B, 3), np.int32), logprobs=z, entropy=z, self_certainty=z,
+                                       mask=np.ones((B, 3), np.float32), lengths=np.full(B, 3),
+                                       prompt_tokens=np.ones((B, 1), np.int32), prompt_valid=np.ones((B, 1), bool))
+  monkeypatch.setattr(rollouts.sample_lib, 'sample', sample)
+  sampler = rollouts.Sampler(None, FakeText(texts), None, num_samples=len(texts), max_new_tokens=3, temperature=1.0)
+  ex = data_lib.Example(question='3 + 4 =', answer='7', prompt='3 + 4 =', target=None)
+  return sampler.sample(None, [ex], jax.random.key(0))[0]
+
+
+def test_format_reward_on_sampled_texts(monkeypatch):
+  """format pays 1 when the LAST box of the completion, wherever it is, holds a non-empty balanced answer."""
+  g = sampled_group(monkeypatch, [
+      '3 + 4 = 7. \\boxed{7}',           # a box at the end
+      '3 + 4 = 7. \\boxed{7',            # the box never closes
+      '3 + 4 = 7.',                      # no box
+      '\\boxed{7}, since 3 + 4 = 7',     # a box, not at the end: it counts
+      '\\boxed{7} or maybe \\boxed{8',   # the last box never closes: an earlier box that parses does not count
+      'so \\boxed{}'])                   # an empty box
+  assert g.answers == ['7', None, None, '7', None, None]
+  np.testing.assert_array_equal(rewards.REWARDS['format'].fn(g), [1, 0, 0, 1, 0, 0])
+
+
+def test_soft_vote_is_the_share_among_the_voters(monkeypatch):
+  """An uneven group with an unparsed sample: ['1', '1', '2', None] (the second written 1.0). Three samples vote;
+  the class of 1 holds 2 of the 3 voters, the class of 2 one, and the sample without an answer earns 0. (Shares
+  among all four samples would be 1/2 and 1/4: the unparsed sample does not dilute the others.)"""
+  g = sampled_group(monkeypatch, ['so \\boxed{1}', 'so \\boxed{1.0}', 'so \\boxed{2}', 'so 1 or 2'])
+  assert g.answers == ['1', '1.0', '2', None]
+  np.testing.assert_allclose(rewards.REWARDS['soft_vote'].fn(g), [2 / 3, 2 / 3, 1 / 3, 0.0], rtol=1e-6)
 
 
 def test_random_reward_is_seeded_and_fair():
@@ -269,11 +323,8 @@ def test_ttrl_votes_over_more_samples_than_it_trains_on():
   batch, m, _ = one_step(train.RLConfig(num_prompts=1, num_samples=2, vote_samples=6), answers, examples_of(answers))
   assert batch['tokens'].shape[0] == 2
   np.testing.assert_allclose(batch['advantages'], rewards.rloo(np.array([[0, 1.0]]))[0], atol=1e-6)
-  # --vote_samples equal to --num_samples is exactly today's batch.
-  same, _, _ = one_step(train.RLConfig(num_prompts=1, num_samples=6, vote_samples=6), answers, examples_of(answers))
-  plain, _, _ = one_step(train.RLConfig(num_prompts=1, num_samples=6), answers, examples_of(answers))
-  for k in plain:
-    np.testing.assert_array_equal(same[k], plain[k], err_msg=k)
+  # --vote_samples equal to --num_samples giving today's run is checked on the real sampler, which train.setup
+  # builds from it: test_vote_samples_equal_to_num_samples_is_todays_step.
 
 
 def test_metrics_count_full_credit_only():
@@ -293,7 +344,6 @@ def history(kls, lengths, parse=None):
 
 
 def test_collapse_alarm_on_hand_made_histories():
-  import alarm
   healthy = history([0.01 + 0.03 * (i % 5 == 0) for i in range(60)], [35 + (i % 3) for i in range(60)])
   assert alarm.first_alarm(healthy) is None   # KL spikes of one step and length noise average out
   # The KL climbs by 0.025 a step from step 11 (kl_t = 0.025 (t - 10)). Its 5-step mean: step 14 0.05, step 15
@@ -306,6 +356,7 @@ def test_collapse_alarm_on_hand_made_histories():
   # Boxed answers falling from all to 0.7 at step 11: the 5-step mean 0.94 (step 11) .. 0.88 (step 12) < 0.9.
   assert alarm.first_alarm(history([0.01] * 20, [35] * 20, [1.0] * 10 + [0.7] * 10)) == 12
   assert alarm.first_alarm(healthy[:9]) is None   # too short for a baseline
+  assert alarm.first_alarm(history([1.0] * 20, [35] * 20)) == 10   # however high the KL: not before step 10
 
 
 def test_held_out_and_validation_prompts_never_train():
@@ -342,6 +393,31 @@ def test_ema_teacher_by_hand():
   teacher = {'w': jnp.array([1.0, 2.0])}
   out = ema(teacher, {'w': jnp.array([3.0, -2.0])}, 0.9)
   np.testing.assert_allclose(out['w'], [0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -2], rtol=1e-6)   # 1.2, 1.6
+
+
+def test_ema_teacher_is_placed_like_the_policy_and_survives_a_resume(tmp_path):
+  """--label_source=ema on a 2x4 data x fsdp mesh of fake devices: train.setup places the teacher leaf by leaf as
+  the policy is placed (split, not replicated), the update keeps it there, and a checkpoint brings it back, values
+  and placement, into the state a rerun's setup makes (what train.train restores into)."""
+  rl = train.RLConfig(label_source='ema', num_prompts=8, num_samples=4)
+  dc, run = train.DataConfig(model=SHIPPED, data=TASK), train.RunConfig(workdir=str(tmp_path), mesh='2,4,1')
+  s, state, _, _ = train.setup(rl, dc, run, (2, 4, 1), None)
+  placement = lambda tree: jax.tree.map(lambda a: a.sharding, tree)
+  assert placement(state['teacher']) == placement(state['params'])
+  assert any(not a.sharding.is_fully_replicated for a in jax.tree.leaves(state['teacher']))   # the check has teeth
+  jax.tree.map(np.testing.assert_array_equal, state['teacher'], state['params'])   # it starts as the policy
+  moved = jax.tree.map(lambda p: p + 1.0, state['params'])
+  state['teacher'] = s.ema(state['teacher'], moved, 0.5)
+  assert placement(state['teacher']) == placement(state['params'])
+  teacher = jax.tree.map(np.asarray, state['teacher'])
+  jax.tree.map(lambda t, p: np.testing.assert_allclose(t, np.asarray(p) + 0.5, rtol=1e-6, atol=1e-6), teacher,
+               state['params'])
+  wd_lib.save(wd_lib.checkpoint_manager(str(tmp_path)), 3, state, 24)
+  _, rerun, _, _ = train.setup(rl, dc, run, (2, 4, 1), None)
+  restored, step, data_pos = wd_lib.restore(wd_lib.checkpoint_manager(str(tmp_path)), rerun)
+  assert (step, data_pos) == (3, 24)
+  assert placement(restored['teacher']) == placement(rerun['params'])
+  jax.tree.map(np.testing.assert_array_equal, restored['teacher'], teacher)
 
 
 def test_indivisible_shapes_are_errors_not_replication():
@@ -428,37 +504,130 @@ def test_rl_modes_end_to_end(tmp_path, mode):
   assert 'step 4/4' in p.stdout
 
 
+@pytest.fixture(scope='module')
+def shipped(tmp_path_factory):
+  """(rl, dc, run, Setup, state) of train.setup on the shipped policy, 4 prompts x 4 samples: the real sampler,
+  reference scorer and update step, compiled on first use and shared by the tests that step it."""
+  rl = train.RLConfig(num_prompts=4, num_samples=4, max_new_tokens=24, learning_rate=1e-3, steps=2)
+  dc = train.DataConfig(model=SHIPPED, data=TASK)
+  run = train.RunConfig(workdir=str(tmp_path_factory.mktemp('shipped')), mesh='1,1,1')
+  s, state, _, _ = train.setup(rl, dc, run, (1, 1, 1), None)
+  return rl, dc, run, s, state
+
+
+def fresh(state):
+  """A copy of a training state: the update step donates the one it is given."""
+  return jax.tree.map(jnp.copy, state)
+
+
 @pytest.mark.slow
-def test_each_reward_and_label_source_runs_two_steps(tmp_path):
+def test_each_reward_and_label_source_runs_two_steps(shipped):
   """Every reward, both teachers and TTRL's split, two real steps each on the shipped policy: the jitted sampler,
   the labels, the rewards, the reference scorer and the update, compiled once and shared (what changes between
-  them is host code, except TTRL's wider sampler and the EMA teacher's state)."""
+  them is host code, except TTRL's wider sampler and the EMA teacher's state, which train.setup builds)."""
   TRAIN = data_lib.load_examples(TASK, size=64, seed=0)
-  rl = train.RLConfig(num_prompts=4, num_samples=4, max_new_tokens=24, learning_rate=1e-3, steps=2)
-  dc, run = train.DataConfig(model=SHIPPED, data=TASK), train.RunConfig(workdir=str(tmp_path), mesh='1,1,1')
-  s, state0, _, _ = train.setup(rl, dc, run, (1, 1, 1), None)
+  rl, dc, run, s, state0 = shipped
   cases = [dict(reward=r) for r in rewards.REWARDS] + [dict(label_source='teacher'), dict(label_source='ema'),
                                                        dict(vote_samples=8)]
   for case in cases:
     rl_case = dataclasses.replace(rl, **case)
-    s_case = dataclasses.replace(s, rl=rl_case, label_source=rl_case.label_source)
-    state = dict(state0, params=jax.tree.map(jnp.copy, state0['params']),
-                 opt_state=jax.tree.map(jnp.copy, state0['opt_state']))
-    if 'vote_samples' in case:
-      s_case.sampler = rollouts.Sampler(s.sampler.cfg, s.sampler.text, s.mesh, num_samples=8, max_new_tokens=24,
-                                        temperature=1.0)
-    if case.get('label_source') == 'ema':   # the teacher is trained state: the update step carries it
+    if case.get('label_source') == 'ema' or 'vote_samples' in case:   # a wider sampler; the teacher is state
       s_case, state, _, _ = train.setup(rl_case, dc, run, (1, 1, 1), None)
+    else:   # what setup would build: only host code reads the reward and the fixed teacher
+      s_case, state = dataclasses.replace(s, rl=rl_case, label_source=rl_case.label_source), fresh(state0)
+    assert s_case.sampler.kw['num_samples'] == case.get('vote_samples', 4), case
     stream = data_lib.PromptStream(TRAIN, 0)
     for step in range(2):
       state, aux, m, trace = train.rl_step(s_case, state, stream.take, jax.random.key(step))
-      assert np.isfinite(float(aux['loss'])) and 0.0 <= m['pseudo_reward'] <= 1.0 or case.get('reward') in (
-          'self_certainty', 'neg_entropy'), case
+      assert np.isfinite(float(aux['loss'])) and np.isfinite(m['pseudo_reward']), case
+      if case.get('reward') == 'self_certainty':   # logsumexp(z) - mean(z) >= max(z) - mean(z) >= 0
+        assert m['pseudo_reward'] > 0, case
+      elif case.get('reward') == 'neg_entropy':
+        assert m['pseudo_reward'] < 0, case
+      else:
+        assert 0.0 <= m['pseudo_reward'] <= 1.0, case
       assert len(trace[0]['samples']) == 4, case   # the samples that train (TTRL's other 4 only voted)
     if case.get('label_source') == 'ema':   # the teacher moved towards the policy, and only a little
       moved = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state['teacher']),
                                                               jax.tree.leaves(state0['params'])))
       assert 0 < moved < 1e-2
+
+
+@pytest.mark.slow
+def test_vote_samples_equal_to_num_samples_is_todays_step(shipped):
+  """--vote_samples=G against --vote_samples unset (0), both through train.setup, which builds the sampler from
+  it: the same sampler arguments, and one real step under the same key gives the same batch, metrics, trace and
+  updated policy."""
+  TRAIN = data_lib.load_examples(TASK, size=64, seed=0)
+  rl, dc, run, s_unset, state_unset = shipped
+  assert rl.vote_samples == 0
+  s_equal, state_equal, _, _ = train.setup(dataclasses.replace(rl, vote_samples=rl.num_samples), dc, run, (1, 1, 1),
+                                           None)
+  assert s_equal.sampler.kw == s_unset.sampler.kw and s_equal.sampler.cfg == s_unset.sampler.cfg
+  out = []
+  for s, state in ((s_unset, fresh(state_unset)), (s_equal, state_equal)):
+    batches = []
+
+    def record(state, batch, step=s.train_step, batches=batches):
+      batches.append(jax.tree.map(np.asarray, batch))
+      return step(state, batch)
+    s = dataclasses.replace(s, train_step=record)
+    state, aux, m, trace = train.rl_step(s, state, data_lib.PromptStream(TRAIN, 0).take, jax.random.key(3))
+    m = {k: v for k, v in m.items() if k != 'rollout_time'}
+    out.append((batches[0], jax.tree.map(np.asarray, state['params']), float(aux['loss']), m, trace))
+  (batch_a, params_a, loss_a, m_a, trace_a), (batch_b, params_b, loss_b, m_b, trace_b) = out
+  assert sorted(batch_a) == sorted(batch_b)
+  for k in batch_a:
+    np.testing.assert_array_equal(batch_a[k], batch_b[k], err_msg=k)
+  jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+  assert loss_a == loss_b and m_a == m_b and trace_a == trace_b
+
+
+@pytest.mark.slow
+def test_stop_on_collapse_keeps_the_last_checkpoint_before_the_alarm(tmp_path, monkeypatch, capsys):
+  """--stop_on_collapse, in-process through train.train with the alarm forced to fire at a chosen step and
+  checkpoints every 2 steps: the run stops at the alarm's step without saving it, and the policy evaluated
+  'after' and exported is the last checkpoint before the alarm (the starting policy when there is none yet)."""
+  fire_at = {}
+  monkeypatch.setattr(alarm, 'collapse_alarm', lambda history: history[-1]['step'] >= fire_at['step'])
+  stepped, evaluated = [], {}   # the policy after each step; the policy each evaluation saw, by tag
+  rl_step, evaluate = train.rl_step, train.evaluate
+
+  def step_and_record(s, state, take, key):
+    out = rl_step(s, state, take, key)
+    stepped.append(jax.tree.map(np.asarray, out[0]['params']))
+    return out
+
+  def evaluate_and_record(s, params, examples, dc, tag):
+    evaluated[tag] = jax.tree.map(np.asarray, params)
+    return evaluate(s, params, examples, dc, tag)
+  monkeypatch.setattr(train, 'rl_step', step_and_record)
+  monkeypatch.setattr(train, 'evaluate', evaluate_and_record)
+  rl = train.RLConfig(num_prompts=4, num_samples=4, max_new_tokens=24, learning_rate=1e-3, steps=6)
+  dc = train.DataConfig(model=SHIPPED, data=TASK, data_size=64, eval_prompts=4, eval_samples=2)
+  splits = data_lib.load_splits(TASK, mode='self', seed=0, size=64, eval_prompts=4, val_prompts=0)
+  for alarm_step, kept in ((3, 2), (1, 0)):
+    fire_at['step'] = alarm_step
+    stepped.clear(), evaluated.clear()
+    wd = str(tmp_path / f'alarm_at_{alarm_step}')
+    run = train.RunConfig(workdir=wd, mesh='1,1,1', checkpoint_every=2, stop_on_collapse=True)
+    summary, hf_dir = train.train(rl, dc, run, (1, 1, 1), splits)
+    rows = read_jsonl(os.path.join(wd, 'metrics.jsonl'))
+    assert [r['step'] for r in rows] == list(range(1, alarm_step + 1)) and len(stepped) == alarm_step
+    assert [r['collapse_alarm'] for r in rows] == [0] * (alarm_step - 1) + [1]
+    assert sorted(os.listdir(os.path.join(wd, 'checkpoints'))) == ([str(kept)] if kept else [])
+    # summary.json: where it stopped, which policy it kept, and the alarm's first step.
+    written = json.load(open(os.path.join(wd, 'summary.json')))
+    assert written == json.loads(json.dumps(summary))
+    assert (written['steps'], written['stopped_at'], written['restored_step']) == (alarm_step, alarm_step, kept)
+    assert written['collapse_step'] == alarm_step and 'after' in written and 'gain' in written
+    want = stepped[kept - 1] if kept else evaluated['before']   # the checkpoint of step `kept`, or the start
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(stepped[-1]), jax.tree.leaves(want)))
+    jax.tree.map(np.testing.assert_array_equal, evaluated['after'], want)
+    _, exported = hf.load_checkpoint(hf_dir)
+    jax.tree.map(np.testing.assert_array_equal, exported, want)
+    said = ('the checkpoint of step 2' if kept else 'the starting policy (no checkpoint yet)')
+    assert f'collapse alarm at step {alarm_step}: stopping (--stop_on_collapse); {said}' in capsys.readouterr().out
 
 
 @pytest.mark.slow
