@@ -26,6 +26,21 @@ jax.config.update('jax_num_cpu_devices', 8)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+  """HF_HUB_OFFLINE=1 and an empty cache in tmp_path: a hub id cannot be fetched, nothing goes out. huggingface_hub
+  reads its constants at import, so the cache is set there too; its offline constant is left False, so that the
+  code under test must read the environment itself (hf._offline). -> the cache directory."""
+  import huggingface_hub.constants
+  cache = tmp_path / 'hf_home' / 'hub'
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf_home'))
+  monkeypatch.setenv('HF_HUB_CACHE', str(cache))
+  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
+  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+  return cache
+
+
 @pytest.hookimpl(tryfirst=True)   # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
   """For `pytest -n 2` (pytest-xdist, --dist loadgroup): the tests that share a module-scoped fixture (a training

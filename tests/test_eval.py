@@ -163,20 +163,8 @@ def test_evaluate_splits_the_rows_over_the_devices_and_matches_one_device(tmp_pa
   assert len({c for r in got['records'] for c in r['completions']}) > 5   # random samples, not one text
 
 
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-  """HF_HUB_OFFLINE=1 and an empty cache (as test_hf.py's): a hub id cannot be fetched, nothing goes out."""
-  import huggingface_hub.constants
-  cache = tmp_path / 'hf_home' / 'hub'
-  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-  monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf_home'))
-  monkeypatch.setenv('HF_HUB_CACHE', str(cache))
-  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
-  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
-
-
 def test_a_model_or_data_that_does_not_resolve_leaves_the_workdir_unclaimed(tmp_path, offline):
-  """train.py (#12): offline, --model=ORG/NAME fails with its error before anything is written to --workdir, and
+  """train.py, offline, --model=ORG/NAME fails with its error before anything is written to --workdir, and
   so does an hf: --data; the same --workdir then takes a local --model, which claims it (run.json)."""
   workdir = tmp_path / 'run'
   rl, run = train.RLConfig(), train.RunConfig(workdir=str(workdir))

@@ -755,18 +755,6 @@ def test_published_chat_templates(tmp_path, name):
 # ---- hub ids, never on the network
 
 
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-  """HF_HUB_OFFLINE=1 and an empty cache; huggingface_hub reads its constants at import, so they are set too."""
-  cache = tmp_path / 'hf_home' / 'hub'
-  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-  monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf_home'))
-  monkeypatch.setenv('HF_HUB_CACHE', str(cache))
-  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
-  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)   # resolve_model must read the env itself
-  return cache
-
-
 def test_resolve_model(tmp_path, offline):
   assert hf.resolve_model(str(tmp_path)) == str(tmp_path)
   with pytest.raises(ValueError, match=r"'meta-llama/Llama-3.1-8B-Instruct' is not a local directory.*--local-dir DIR.*"
