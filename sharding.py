@@ -74,6 +74,10 @@ def parse_mesh(text: str, num_devices: int) -> tuple[int, int, int]:
 # Where an accelerator shows itself when JAX does not see it. TPU VMs: /dev/accel0.. (v2-v4) or /dev/vfio/0..
 # (v5e, v5p, v6e; /dev/vfio/vfio alone is the VFIO control node every such kernel has, hence the digit).
 TPU_DEVICE_FILES = ('/dev/accel[0-9]*', '/dev/vfio/[0-9]*')
+# The device files alone are not a TPU (a VFIO passthrough disk or NIC, another vendor's accelerator): a TPU is a
+# PCI device of Google's vendor id. Where sysfs lists no PCI device at all, the device files are taken at their word.
+PCI_VENDORS = '/sys/bus/pci/devices/*/vendor'
+GOOGLE_PCI_VENDOR = '0x1ae0'
 NVIDIA_SMI = ('nvidia-smi', '--list-gpus')   # one line 'GPU i: NAME (UUID: ...)' per GPU the driver sees
 INSTALL = {'tpu': 'pip install -r requirements-tpu.txt', 'gpu': 'pip install -r requirements-gpu.txt'}
 PLUGINS = {'tpu': ('libtpu',), 'gpu': ('jax_cuda13_plugin', 'jax_cuda12_plugin')}   # what those lines install
@@ -92,17 +96,34 @@ def banner(mesh_sizes) -> str:
   return f'devices: {kinds}, mesh {mesh}, {n} process{"es" if n > 1 else ""}'
 
 
+def _google_pci_device(pci_vendors: str) -> bool:
+  """Whether sysfs lists a PCI device of Google's (a TPU), or lists none at all (then nothing contradicts the device
+  files)."""
+  files = glob.glob(pci_vendors)
+
+  def vendor(f):
+    try:
+      with open(f) as fh:
+        return fh.read().strip().lower()
+    except OSError:
+      return ''
+  return not files or any(vendor(f) == GOOGLE_PCI_VENDOR for f in files)
+
+
 def unseen_accelerator(backend: str, device_files=TPU_DEVICE_FILES, nvidia_smi=NVIDIA_SMI,
-                       plugins=PLUGINS) -> str | None:
+                       plugins=PLUGINS, pci_vendors=PCI_VENDORS) -> str | None:
   """A warning when JAX computes on the CPU of a machine that has a TPU or an NVIDIA GPU (usually the CPU-only
   jaxlib of requirements.txt: the run works, many times slower), naming the install line; else None.
 
   device_files: globs of TPU device files; nvidia_smi: the command that lists GPUs; plugins: the modules whose
-  presence means JAX's accelerator support is installed (tests point all three at fakes).
+  presence means JAX's accelerator support is installed; pci_vendors: the glob of sysfs's PCI vendor ids, one of
+  which must be Google's for the device files to count as a TPU (tests point all four at fakes).
   """
   if backend != 'cpu':
     return None
   tpu = sorted(f for pattern in device_files for f in glob.glob(pattern))
+  if tpu and not _google_pci_device(pci_vendors):
+    tpu = []   # VFIO or accel device files of something else
   if tpu:
     found, kind = f'TPU device files ({", ".join(tpu[:4])}{", ..." if len(tpu) > 4 else ""})', 'tpu'
   elif shutil.which(nvidia_smi[0]):
@@ -126,7 +147,8 @@ def unseen_accelerator(backend: str, device_files=TPU_DEVICE_FILES, nvidia_smi=N
   return f'{head} (the CPU-only jax of requirements.txt?): {INSTALL[kind]}'
 
 
-def announce(mesh_sizes, device_files=TPU_DEVICE_FILES, nvidia_smi=NVIDIA_SMI, plugins=PLUGINS):
+def announce(mesh_sizes, device_files=TPU_DEVICE_FILES, nvidia_smi=NVIDIA_SMI, plugins=PLUGINS,
+             pci_vendors=PCI_VENDORS):
   """Prints the banner as a run's first line, and the unseen-accelerator warning under it if there is one; only
   process 0 prints (every process of a multi-host run sees the same mesh).
 
@@ -135,7 +157,7 @@ def announce(mesh_sizes, device_files=TPU_DEVICE_FILES, nvidia_smi=NVIDIA_SMI, p
   if jax.process_index() != 0:
     return
   print(banner(mesh_sizes), flush=True)
-  warning = unseen_accelerator(jax.default_backend(), device_files, nvidia_smi, plugins)
+  warning = unseen_accelerator(jax.default_backend(), device_files, nvidia_smi, plugins, pci_vendors)
   if warning:
     print(warning, flush=True)
 

@@ -139,6 +139,14 @@ def fake_nvidia_smi(tmp_path, listing, code=0):
   return (str(path), '--list-gpus')
 
 
+def fake_pci(where, *vendors):
+  """A stand-in for sysfs's PCI devices with these vendor ids -> the glob of their vendor files."""
+  for i, vendor in enumerate(vendors):
+    (where / f'0000:00:0{i}.0').mkdir(parents=True)
+    (where / f'0000:00:0{i}.0' / 'vendor').write_text(vendor + '\n')
+  return str(where / '*' / 'vendor')
+
+
 def test_an_accelerator_jax_does_not_see_is_named_with_its_install_line(tmp_path, monkeypatch):
   monkeypatch.delenv('JAX_PLATFORMS', raising=False)
   dev = tmp_path / 'dev'
@@ -147,17 +155,23 @@ def test_an_accelerator_jax_does_not_see_is_named_with_its_install_line(tmp_path
   tpu = (str(dev / 'accel[0-9]*'), str(dev / 'vfio' / '[0-9]*'))
   none = fake_nvidia_smi(tmp_path, 'No devices were found', code=6)
   absent = {'tpu': ('no_such_module_libtpu',), 'gpu': ('no_such_module_cuda',)}
-  assert sharding.unseen_accelerator('cpu', tpu, none, absent) is None
-  assert sharding.unseen_accelerator('cpu', tpu, ('no-such-nvidia-smi', '--list-gpus'), absent) is None
+  google = fake_pci(tmp_path / 'pci_tpu', '0x8086', '0x1ae0')   # sysfs's vendor ids: Intel, and a Google TPU
+  assert sharding.unseen_accelerator('cpu', tpu, none, absent, google) is None
+  assert sharding.unseen_accelerator('cpu', tpu, ('no-such-nvidia-smi', '--list-gpus'), absent, google) is None
 
   for name in ('vfio/0', 'vfio/1'):   # a TPU v5e / v6e VM
     (dev / name).touch()
-  warning = sharding.unseen_accelerator('cpu', tpu, none, absent)
+  warning = sharding.unseen_accelerator('cpu', tpu, none, absent, google)
   assert warning == (f'warning: this machine has TPU device files ({dev}/vfio/0, {dev}/vfio/1) but JAX runs on the '
                      'CPU (the CPU-only jax of requirements.txt?): pip install -r requirements-tpu.txt')
-  assert sharding.unseen_accelerator('tpu', tpu, none, absent) is None   # JAX sees it: nothing to say
+  assert sharding.unseen_accelerator('tpu', tpu, none, absent, google) is None   # JAX sees it: nothing to say
+  # No PCI device of Google's: the VFIO files are some other passthrough device (a disk, a NIC); no warning.
+  others = fake_pci(tmp_path / 'pci_other', '0x8086', '0x1af4')
+  assert sharding.unseen_accelerator('cpu', tpu, none, absent, others) is None
+  # sysfs lists no PCI device (a container without it): nothing contradicts the device files.
+  assert sharding.unseen_accelerator('cpu', tpu, none, absent, str(tmp_path / 'no_sysfs' / '*' / 'vendor'))
   # The TPU support is installed (a module that exists stands in for libtpu): the install line would not help.
-  warning = sharding.unseen_accelerator('cpu', tpu, none, {'tpu': ('json',), 'gpu': ()})
+  warning = sharding.unseen_accelerator('cpu', tpu, none, {'tpu': ('json',), 'gpu': ()}, google)
   assert 'although its TPU support is installed: JAX could not start it' in warning
 
   nothing = (str(dev / 'none*'),)
@@ -176,7 +190,7 @@ def test_an_accelerator_jax_does_not_see_is_named_with_its_install_line(tmp_path
 def test_announce_prints_the_banner_first_then_the_warning(tmp_path, capsys):
   (tmp_path / 'accel0').touch()   # a TPU v4 VM
   sharding.announce((1, 8, 1), device_files=(str(tmp_path / 'accel[0-9]*'),), nvidia_smi=('no-such-nvidia-smi',),
-                    plugins={'tpu': (), 'gpu': ()})
+                    plugins={'tpu': (), 'gpu': ()}, pci_vendors=fake_pci(tmp_path / 'pci', '0x1ae0'))
   lines = capsys.readouterr().out.splitlines()
   assert lines[0] == 'devices: 8 x cpu, mesh data=1 fsdp=8 tensor=1, 1 process'
   assert lines[1].startswith('warning:') and 'requirements-tpu.txt' in lines[1] and len(lines) == 2
