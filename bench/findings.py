@@ -18,7 +18,7 @@ sit between `<!-- findings:KEY -->` and `<!-- /findings:KEY -->` (KEY in BLOCKS)
 touched, and a missing marker stops the script before any run starts. A marker followed by a line break holds
 whole lines (a table); one followed by text on its line holds inline text.
 
-Time: the default run alone takes about 4 minutes on an idle 2-core CPU; the 29 runs with --jobs 2 took about 2
+Time: the default run alone takes about 4 minutes on an idle 2-core CPU; 29 of the 30 runs with --jobs 2 took about 2
 hours there (7-12 minutes a run while two share the machine). Results are deterministic on one machine: `--jobs 2`
 gives the same numbers, only the times differ (a run that shared the machine is marked so in the JSON and the README).
 """
@@ -82,6 +82,8 @@ REGISTRY = [
                                                      '--eval_every=25']), 'offline curriculum', 'collapse'),
     *[entry(f'collapse_{reward}', COLLAPSE + flags, f'Table 2: {flags[0]}', 'collapse') for reward, flags in
       REWARDS[:5]],
+    entry('collapse_gt', merge_flags(COLLAPSE, ['--mode=gt']), 'Table 2: true labels, the control that should not '
+          'collapse (does the alarm stay quiet?)', 'collapse'),
 ]
 NAMES = [e['name'] for e in REGISTRY]
 assert len(set(NAMES)) == len(NAMES), 'REGISTRY: duplicate run names'
@@ -91,7 +93,8 @@ LABELS = {'ema': 'EMA teacher', 'ttrl': 'TTRL split (16 vote, 8 train)'}
 TABLE1 = [('vote (SRT)', 'default', 'default_seed1', '(default)')] + [
     (LABELS.get(reward, reward), f'reward_{reward}', f'reward_{reward}_seed1', ' '.join(flags))
     for reward, flags in REWARDS] + [('true labels', 'gt', 'gt_seed1', '--mode=gt')]
-TABLE2 = ['collapse', 'collapse_online', 'collapse_offline'] + [f'collapse_{r}' for r, _ in REWARDS[:5]]
+TABLE2 = (['collapse', 'collapse_online', 'collapse_offline'] + [f'collapse_{r}' for r, _ in REWARDS[:5]]
+          + ['collapse_gt'])
 TIMING = {'step_time', 'rollout_time', 'update_time', 'tokens_per_s', 'seconds'}
 DROP = 0.05   # "collapsed": held-out avg@k 5 points below its start
 
