@@ -200,6 +200,7 @@ def test_global_batch_places_each_processes_rows():
     np.testing.assert_array_equal(np.asarray(got[k]), v)
 
 
+@pytest.mark.slow   # bench/plan.py compiles the update, sampler and scorer: 25 s
 def test_plan_compiles_and_scales_with_the_batch():
   """The memory plan of a tiny config: twice the rows per micro-batch needs more scratch memory and the same
   arguments; the sampler holds the parameters and at least its rows' KV cache."""
