@@ -134,10 +134,10 @@ def device_capacity() -> int | None:
   return min(limits) if limits and len(limits) == len(stats) and all(limits) else None
 
 
-def prompt_width(text, examples, sft: bool = False) -> int:
+def prompt_width(text, examples, sft: bool = False, measured: int | None = PROMPTS_MEASURED) -> int:
   """The padded prompt length of the run's widest batch: the sampler's bucket (RL) or the supervised batch's
-  multiple of 16 (sft) of the longest encoded prompt among the first PROMPTS_MEASURED examples."""
-  longest = max(len(p) for p in text.encode([ex.prompt for ex in examples[:PROMPTS_MEASURED]]))
+  multiple of 16 (sft) of the longest encoded prompt among the first `measured` examples (None: all of them)."""
+  longest = max(len(p) for p in text.encode([ex.prompt for ex in examples[:measured]]))
   return 16 * -(-longest // 16) if sft else sample_lib.bucket(longest)
 
 
@@ -200,7 +200,7 @@ def check_fits(s, state, text, examples, run, *, held_out=(), eval_samples: int 
   held_out = [ex for ex in held_out if ex]
   if held_out and eval_samples:   # train.evaluate's calls: the same residents, its own chunk and temperature
     chunk = max(eval_lib.chunk_size(len(ex), eval_lib.BATCH_PROMPTS, eval_samples, mesh) for ex in held_out)
-    eval_width = sample_lib.bucket(max(len(p) for ex in held_out for p in text.encode([e.prompt for e in ex])))
+    eval_width = prompt_width(text, [e for ex in held_out for e in ex], measured=None)   # every one is sampled
     phases['eval'] = sampler_phase(state_['params'], s.sampler.cfg, mesh, chunk, eval_samples, eval_width, N, rest,
                                    temperature=rl.temperature)
   kind = jax.local_devices()[0].device_kind
