@@ -113,12 +113,17 @@ def sampler_phase(params, cfg, mesh, prompts: int, samples: int, prompt_width: i
                   resident: int, *, temperature: float = 1.0, top_p: float = 1.0,
                   batch_axes=sharding.RULES['batch']) -> Phase:
   """One sampler call (sample._sample: prefill and decode loop) for `prompts` prompts x `samples` samples, the
-  inputs placed as sample.sample places them: the prompts over the data axis, the parameters as given."""
+  inputs placed as sample.sample places them: the prompts over the data axis, the parameters as given, for
+  small models the sampler's copies of the layer weights (sample.sampler_weights) as that call places them."""
   rows = NamedSharding(mesh, PartitionSpec('data'))
   scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)
   t = time.time()
+  weights = None
+  if sample_lib.weights_apart(cfg):   # the sampler's copies of the layer weights, inputs of the sampler
+    lowered = sample_lib.sampler_weights.lower(params, cfg)
+    weights = abstract(lowered.out_info, lowered.compile().output_shardings)
   compiled = sample_lib._sample.lower(
-      params, cfg, jax.ShapeDtypeStruct((prompts, prompt_width), jnp.int32, sharding=rows),
+      params, weights, cfg, jax.ShapeDtypeStruct((prompts, prompt_width), jnp.int32, sharding=rows),
       jax.ShapeDtypeStruct((prompts, prompt_width), jnp.bool_, sharding=rows),
       jax.eval_shape(lambda: jax.random.key(0)), scalar(jnp.float32), scalar(jnp.float32),
       jax.ShapeDtypeStruct((cfg.vocab_size,), jnp.bool_), scalar(jnp.int32), num_samples=samples,

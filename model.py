@@ -328,6 +328,8 @@ def forward(params: dict, cfg: Config, tokens: jax.Array, positions: jax.Array, 
   the batch axes). Without it, XLA's propagation takes the FSDP-split embedding's layout for the activations
   and all-reduces every activation instead of gathering each weight.
 
+  params['layers'] is the stacked (L, ...) pytree, or a list of L per-layer dicts (the same leaves without the
+  L axis), which run unrolled.
   tokens, positions: (B, T) int; valid: (B, T) bool, False for padding (padding never serves as a key).
   Without a cache, token t attends to real tokens t' <= t of the same row (training, scoring).
   With a cache, the T tokens are written at slots cache.index .. cache.index+T-1 and attend to every real slot
@@ -360,7 +362,14 @@ def forward(params: dict, cfg: Config, tokens: jax.Array, positions: jax.Array, 
   # Unrolled for few layers: XLA CPU then keeps each layer's saved activations and gradients in buffers of
   # their own instead of writing them into, and slicing them out of, (L, ...) stacks (1.2x faster forward +
   # backward at 8 layers, bench/train_bench.py). Deep models keep the loop: compile time stays flat.
-  x, (k_new, v_new) = jax.lax.scan(layer, x, (params['layers'], *kv), unroll=cfg.num_layers <= UNROLL_LAYERS)
+  if isinstance(params['layers'], list):   # per-layer buffers (sample.sampler_weights): no slices to copy
+    kvs = []
+    for l, w in enumerate(params['layers']):
+      x, kv_l = layer(x, (w, *(a if a is None else a[l] for a in kv)))
+      kvs.append(kv_l)
+    k_new, v_new = (None, None) if cache is None else (jnp.stack([k for k, _ in kvs]), jnp.stack([v for _, v in kvs]))
+  else:
+    x, (k_new, v_new) = jax.lax.scan(layer, x, (params['layers'], *kv), unroll=cfg.num_layers <= UNROLL_LAYERS)
   x = rms_norm(x, params['final_norm'], cfg.rms_eps)
   out = x if hidden_only else unembed(params, cfg, x)
   if cache is None:

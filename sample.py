@@ -162,11 +162,10 @@ def sample_token(logits, u, temperature, top_p, *, greedy: bool, nucleus: bool):
 def decode_weights(params, cfg: model.Config) -> list[dict]:
   """The layer weights as the decode loop reads them: a list of L per-layer dicts, projections fused.
 
-  Made once per rollout, inside the jit. Per layer, not stacked: a slice of the stacked weights inside the loop
-  body is copied on every step (XLA CPU sinks loop-invariant slices into the loop), which triples the bytes a
-  memory-bound step moves; the barrier keeps these L buffers made once. Since that copy is paid anyway, q, k, v
-  are fused into one matmul and gate, up into another (fewer, larger matmuls), already in cfg.dtype. The price:
-  a second copy of the layer weights while sampling.
+  Per layer, not stacked: a slice of the stacked weights inside the loop body is copied on every step (XLA CPU
+  sinks loop-invariant slices into the loop), which triples the bytes a memory-bound step moves. Since a copy
+  is paid anyway, q, k, v are fused into one matmul and gate, up into another (fewer, larger matmuls), already
+  in cfg.dtype. The price: a second copy of the layer weights while sampling.
   """
   dt = jnp.dtype(cfg.dtype)
   D, H, K, Q = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -174,7 +173,8 @@ def decode_weights(params, cfg: model.Config) -> list[dict]:
   # jnp.concatenate(parts, axis=-1) as in-place writes into one buffer: XLA CPU would copy each layer's slice
   # first and then concatenate the copies, twice the memory traffic (and page faults) of this.
   def columns(*parts):
-    out = jnp.zeros((*parts[0].shape[:-1], sum(p.shape[-1] for p in parts)), dt)
+    out = jnp.zeros((*parts[0].shape[:-1], sum(p.shape[-1] for p in parts)), dt,
+                    out_sharding=jax.typeof(parts[0]).sharding)   # an Explicit mesh asks it to match the parts
     for i, p in enumerate(parts):
       out = jax.lax.dynamic_update_slice_in_dim(out, p.astype(dt), sum(q.shape[-1] for q in parts[:i]), axis=-1)
     return out
@@ -194,7 +194,31 @@ def decode_weights(params, cfg: model.Config) -> list[dict]:
     if cfg.qk_norm:   # the q heads' and the k heads' norm weights as one (H + K, Q) weight: one norm per step
       layer['qk_norm'] = jnp.concatenate([jnp.broadcast_to(w['q_norm'], (H, Q)), jnp.broadcast_to(w['k_norm'], (K, Q))])
     out.append(layer)
-  return jax.lax.optimization_barrier(out)
+  return out
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def sampler_weights(params, cfg: model.Config) -> tuple[list[dict], list[dict]]:
+  """(prefill, decode): the layer weights of a model of at most model.UNROLL_LAYERS layers as one sampler call
+  reads them, made by a jitted call of their own. prefill: each layer's weights in a buffer of its own
+  (model.forward's per-layer form); decode: decode_weights(params, cfg).
+
+  Why a call of their own: XLA CPU gives a program's scratch fresh memory on every call. As the sampler's
+  scratch, these copies (made anyway: the unrolled prefill slices every layer out of the stacks) page-faulted
+  in on every call, which made a batch-1 call of 128 tokens 1.2x slower at 23.6M parameters
+  (bench/sample_bench.py); as outputs of a call of their own, they live in buffers the allocator reuses. Same
+  values, same arithmetic: the samples are identical bit for bit. Deeper models (sample: weights=None) make
+  the decode copies inside the sampler, where XLA overlaps them with the prefill's scratch: as inputs they
+  would be live during the prefill too, a copy of the layer weights more at the peak (0.85 GiB per device for
+  Qwen3-4B on 8 chips, bench/plan.py).
+  """
+  per_layer = [jax.tree.map(lambda a: a[l], params['layers']) for l in range(cfg.num_layers)]
+  return per_layer, decode_weights(params, cfg)
+
+
+def weights_apart(cfg: model.Config) -> bool:
+  """Whether a sampler call takes its weight copies from sampler_weights (True) or makes them inside."""
+  return cfg.num_layers <= model.UNROLL_LAYERS
 
 
 def decode_step(params, layers: list[dict], cfg: model.Config, token, position, cache: DecodeCache):
@@ -270,9 +294,11 @@ def _pin_batch(mesh, x, axis: int = 0, axes=('data',)):
 
 @functools.partial(jax.jit, static_argnames=('cfg', 'num_samples', 'max_new_tokens', 'greedy', 'nucleus', 'mesh',
                                              'batch_axes'))
-def _sample(params, cfg, tokens, valid, key, temperature, top_p, eos_table, pad_id, *, num_samples,
+def _sample(params, weights, cfg, tokens, valid, key, temperature, top_p, eos_table, pad_id, *, num_samples,
             max_new_tokens, greedy, nucleus, mesh, batch_axes=('data',)):
-  """tokens, valid: (P, Tp) left-padded prompts; eos_table (V,) bool. Returns a Rollout of B = P * G rows.
+  """tokens, valid: (P, Tp) left-padded prompts; eos_table (V,) bool; weights:
+  sampler_weights(params, cfg) where weights_apart(cfg), else None.
+  Returns a Rollout of B = P * G rows.
 
   The cache is created inside, so there is no input buffer worth donating; the while_loop carries it and
   XLA updates it in place, step to step.
@@ -282,17 +308,17 @@ def _sample(params, cfg, tokens, valid, key, temperature, top_p, eos_table, pad_
   rollout = functools.partial(_rollout, cfg=cfg, num_samples=num_samples, max_new_tokens=max_new_tokens,
                               greedy=greedy, nucleus=nucleus, batch_axes=batch_axes)
   if mesh is None:
-    return rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, mesh=None)
+    return rollout(params, weights, tokens, valid, key, temperature, top_p, eos_table, pad_id, mesh=None)
   # model.forward indexes the embedding with batch-sharded tokens, which an Explicit mesh refuses to resolve
   # on its own; so the rollout runs with the mesh's axes as Auto, pinned by sharding constraints.
   auto = jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
   rollout = functools.partial(rollout, mesh=auto)
   if AxisType.Explicit in mesh.axis_types:
     rollout = jax.sharding.auto_axes(rollout, out_sharding=NamedSharding(mesh, PartitionSpec(batch_axes)))
-  return rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id)
+  return rollout(params, weights, tokens, valid, key, temperature, top_p, eos_table, pad_id)
 
 
-def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, *, cfg, num_samples,
+def _rollout(params, weights, tokens, valid, key, temperature, top_p, eos_table, pad_id, *, cfg, num_samples,
              max_new_tokens, greedy, nucleus, mesh, batch_axes):
   G, N = num_samples, max_new_tokens
   P, Tp = tokens.shape
@@ -306,7 +332,11 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
   positions = model.positions_from_valid(valid)                                # (P, Tp)
   prefill = model.init_cache(cfg, P, Tp - 1)
   prefill = model.Cache(k=pin(prefill.k, 1), v=pin(prefill.v, 1), valid=pin(prefill.valid), index=prefill.index)
-  _, prefill = model.forward(params, cfg, tokens[:, :-1], positions[:, :-1], valid[:, :-1], prefill)
+  if weights is None:   # made here; the barrier keeps them L buffers made once (not slices copied every step)
+    prefill_params, layers = params, jax.lax.optimization_barrier(decode_weights(params, cfg))
+  else:
+    prefill_params, layers = dict(params, layers=weights[0]), weights[1]
+  _, prefill = model.forward(prefill_params, cfg, tokens[:, :-1], positions[:, :-1], valid[:, :-1], prefill)
 
   # 2) Repeat for the G samples (rows of one prompt are adjacent, so they stay on the prompt's device), in the
   #    decode layout with room for the first segment's slots (the last prompt token, then sampled ones); each
@@ -320,7 +350,6 @@ def _rollout(params, tokens, valid, key, temperature, top_p, eos_table, pad_id, 
                       v=tuple(grow(a, (0, 2, 1, 3), ends[0]) for a in prefill.v),
                       valid=rep(jnp.pad(prefill.valid, ((0, 0), (0, ends[0])))), index=prefill.index)
   last_position = rep(positions[:, -1])                                         # (B,) prompt length - 1
-  layers = decode_weights(params, cfg)
   state = _State(
       step=jnp.zeros((), jnp.int32), done=rows(jnp.zeros((B,), bool)), token=rep(tokens[:, -1]),
       tokens=rows(jnp.full((B, N), pad_id, jnp.int32)), logprobs=rows(jnp.zeros((B, N), jnp.float32)),
@@ -393,8 +422,9 @@ def sample(params, cfg: model.Config, prompts: list[list[int]], *, num_samples: 
     raise ValueError(f'eos_ids={eos_ids} must lie in [0, vocab_size={cfg.vocab_size})')
   eos_table = np.zeros(cfg.vocab_size, bool)
   eos_table[eos_ids] = True
-  return _sample(params, cfg, tokens, valid, key, jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
-                 eos_table, jnp.int32(pad_id),
+  weights = sampler_weights(params, cfg) if weights_apart(cfg) else None
+  return _sample(params, weights, cfg, tokens, valid, key, jnp.float32(max(temperature, 1e-6)),
+                 jnp.float32(top_p), eos_table, jnp.int32(pad_id),
                  num_samples=num_samples, max_new_tokens=max_new_tokens, greedy=temperature == 0,
                  nucleus=top_p < 1.0, mesh=mesh, batch_axes=tuple(batch_axes))
 

@@ -86,7 +86,9 @@ def main():
   wall, times = op_times(lambda: call(1))
   # Op name -> (shape, opcode, metadata) from the compiled HLO of the same call.
   tokens, valid = sample.pad_prompts(prompts, 0)
-  ops = hlo_ops(sample._sample.lower(params, cfg, tokens, valid, jax.random.key(0), jnp.float32(1), jnp.float32(1),
+  weights = sample.sampler_weights(params, cfg) if sample.weights_apart(cfg) else None
+  ops = hlo_ops(sample._sample.lower(params, weights, cfg, tokens, valid,
+                                     jax.random.key(0), jnp.float32(1), jnp.float32(1),
                                      jnp.zeros((cfg.vocab_size,), bool), jnp.int32(0), num_samples=G,
                                      max_new_tokens=N, greedy=False, nucleus=False, mesh=None).compile())
   total = collections.Counter()

@@ -60,6 +60,25 @@ def test_cached_decode_equals_full_forward(family):
   assert np.abs(cached - full).max() < 1e-5
 
 
+def test_per_layer_weights_equal_the_stacks():
+  """params['layers'] as a list of per-layer dicts (the sampler's prefill) against the stacked layers, the
+  reference tests/test_hf.py holds to transformers: logits and the written cache."""
+  cfg = tiny_cfg(**FAMILIES['qwen3_bias'])
+  params = random_params(cfg)
+  per_layer = dict(params, layers=[jax.tree.map(lambda a: a[l], params['layers']) for l in range(cfg.num_layers)])
+  tokens = jnp.asarray(np.random.RandomState(2).randint(0, 61, size=(2, 7)))
+  pos, valid = jnp.broadcast_to(jnp.arange(7), (2, 7)), jnp.ones((2, 7), bool)
+  (want, _), (got, _) = (forward(p, cfg, tokens, pos, valid) for p in (params, per_layer))
+  assert np.abs(np.asarray(got) - np.asarray(want)).max() < 1e-6
+  (want, want_cache), (got, got_cache) = (forward(p, cfg, tokens, pos, valid, model.init_cache(cfg, 2, 9))
+                                          for p in (params, per_layer))
+  assert np.abs(np.asarray(got) - np.asarray(want)).max() < 1e-6
+  for a, b in ((got_cache.k, want_cache.k), (got_cache.v, want_cache.v)):
+    assert a.shape == b.shape == (cfg.num_layers, 2, 9, cfg.num_kv_heads, cfg.head_dim)
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() < 1e-6
+  assert int(got_cache.index) == 7
+
+
 @pytest.mark.parametrize('side', ['left', 'right'])
 def test_padded_rows_equal_rows_alone(side):
   cfg = tiny_cfg()

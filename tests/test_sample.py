@@ -105,6 +105,28 @@ def test_logprobs_equal_full_forward(temperature):
   assert [p[-len(q):].tolist() for p, q in zip(r.prompt_tokens[::G], PROMPTS)] == PROMPTS
 
 
+@pytest.mark.parametrize('num_layers', [2, model.UNROLL_LAYERS + 1])
+def test_sampler_weights_and_deep_models(num_layers):
+  """Shallow models take the sampler's weight copies from a call of their own, deep ones make them inside the
+  sampler; either way the samples' log-probs are those of one plain forward over prompt + completion."""
+  cfg = dataclasses.replace(CFG, num_layers=num_layers)
+  params = random_params(cfg, seed=3)
+  assert sample.weights_apart(cfg) == (num_layers <= model.UNROLL_LAYERS)
+  if sample.weights_apart(cfg):
+    prefill, decode = sample.sampler_weights(params, cfg)
+    assert len(prefill) == len(decode) == num_layers
+    np.testing.assert_array_equal(prefill[1]['down'], params['layers']['down'][1])
+    kq = cfg.num_kv_heads * cfg.head_dim   # the last columns of the fused q, k, v: v's
+    np.testing.assert_array_equal(decode[1]['qkv'][:, -kq:], params['layers']['v'][1].reshape(cfg.d_model, kq))
+  r = jax.tree.map(np.asarray, sample.sample(params, cfg, PROMPTS[:2], num_samples=2, max_new_tokens=6,
+                                             temperature=1.0, key=jax.random.key(4), eos_ids=[]))
+  tokens = np.concatenate([r.prompt_tokens, r.tokens], 1)
+  valid = jnp.asarray(np.concatenate([r.prompt_valid, r.mask], 1))
+  out, _ = model.forward(params, cfg, jnp.asarray(tokens), model.positions_from_valid(valid), valid)
+  lp = log_softmax(np.asarray(out)[:, r.prompt_tokens.shape[1] - 1:-1])
+  assert np.abs(np.take_along_axis(lp, r.tokens[..., None], -1)[..., 0] - r.logprobs).max() < 1e-4
+
+
 def check_entropy(logits):
   logp = log_softmax(logits)
   return -(np.exp(logp) * logp).sum(-1)
