@@ -293,7 +293,7 @@ def _pin_batch(mesh, x, axis: int = 0, axes=('data',)):
 
 
 @functools.partial(jax.jit, static_argnames=('cfg', 'num_samples', 'max_new_tokens', 'greedy', 'nucleus', 'mesh',
-                                             'batch_axes'))
+                                             'batch_axes'), keep_unused=True)
 def _sample(params, weights, cfg, tokens, valid, key, temperature, top_p, eos_table, pad_id, *, num_samples,
             max_new_tokens, greedy, nucleus, mesh, batch_axes=('data',)):
   """tokens, valid: (P, Tp) left-padded prompts; eos_table (V,) bool; weights:
@@ -301,7 +301,9 @@ def _sample(params, weights, cfg, tokens, valid, key, temperature, top_p, eos_ta
   Returns a Rollout of B = P * G rows.
 
   The cache is created inside, so there is no input buffer worth donating; the while_loop carries it and
-  XLA updates it in place, step to step.
+  XLA updates it in place, step to step. Every input is kept, used or not (the stacked layer weights are not,
+  when `weights` carries copies), so that the compiled program's argument size (memory.py) counts the
+  parameters, which stay on the devices during the call.
   """
   global TRACES
   TRACES += 1
