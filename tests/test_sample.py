@@ -60,6 +60,20 @@ def check_statistics(r, rows_logits):
     assert (got[~r.mask] == 0).all()
 
 
+def rescore(r, params=PARAMS, cfg=CFG):
+  """The documented rescoring recipe: prompt_tokens + tokens through model.forward with positions from valid ->
+  the logits (B, N, V) that predicted each completion token."""
+  tokens = np.concatenate([r.prompt_tokens, r.tokens], 1)
+  valid = jnp.asarray(np.concatenate([r.prompt_valid, r.mask], 1))
+  out, _ = model.forward(params, cfg, jnp.asarray(tokens), model.positions_from_valid(valid), valid)
+  return np.asarray(out)[:, r.prompt_tokens.shape[1] - 1:-1]
+
+
+def logprobs_of(logits, tokens):
+  """log_softmax(logits) at each token: (B, N, V), (B, N) -> (B, N)."""
+  return np.take_along_axis(log_softmax(logits), tokens[..., None], -1)[..., 0]
+
+
 def run(prompts=PROMPTS, **kw):
   args = dict(num_samples=G, max_new_tokens=N, temperature=1.0, key=jax.random.key(0), eos_ids=[])
   args.update(kw)
@@ -94,14 +108,7 @@ def test_logprobs_equal_full_forward(temperature):
   check_statistics(r, tempered)
   if temperature != 1.0:   # the statistics are those of the tempered distribution, which differ from the plain one
     assert np.abs(r.entropy - check_entropy(tempered * temperature)).max() > 1e-2
-  # The documented rescoring recipe: prompt_tokens + tokens through model.forward with positions from valid.
-  tokens = np.concatenate([r.prompt_tokens, r.tokens], 1)
-  valid = jnp.asarray(np.concatenate([r.prompt_valid, r.mask], 1))
-  out, _ = model.forward(PARAMS, CFG, jnp.asarray(tokens), model.positions_from_valid(valid), valid)
-  Tp = r.prompt_tokens.shape[1]
-  lp = log_softmax(np.asarray(out)[:, Tp - 1:-1] / temperature)
-  rescored = np.take_along_axis(lp, r.tokens[..., None], -1)[..., 0]
-  assert np.abs(rescored - r.logprobs).max() < 1e-4
+  assert np.abs(logprobs_of(rescore(r) / temperature, r.tokens) - r.logprobs).max() < 1e-4
   assert [p[-len(q):].tolist() for p, q in zip(r.prompt_tokens[::G], PROMPTS)] == PROMPTS
 
 
@@ -120,11 +127,7 @@ def test_sampler_weights_and_deep_models(num_layers):
     np.testing.assert_array_equal(decode[1]['qkv'][:, -kq:], params['layers']['v'][1].reshape(cfg.d_model, kq))
   r = jax.tree.map(np.asarray, sample.sample(params, cfg, PROMPTS[:2], num_samples=2, max_new_tokens=6,
                                              temperature=1.0, key=jax.random.key(4), eos_ids=[]))
-  tokens = np.concatenate([r.prompt_tokens, r.tokens], 1)
-  valid = jnp.asarray(np.concatenate([r.prompt_valid, r.mask], 1))
-  out, _ = model.forward(params, cfg, jnp.asarray(tokens), model.positions_from_valid(valid), valid)
-  lp = log_softmax(np.asarray(out)[:, r.prompt_tokens.shape[1] - 1:-1])
-  assert np.abs(np.take_along_axis(lp, r.tokens[..., None], -1)[..., 0] - r.logprobs).max() < 1e-4
+  assert np.abs(logprobs_of(rescore(r, params, cfg), r.tokens) - r.logprobs).max() < 1e-4
 
 
 def check_entropy(logits):
@@ -137,12 +140,8 @@ def test_segments_equal_the_full_forward():
   assert sample.segment_ends(128) == [32, 64, 96, 128] and sample.segment_ends(3072) == [768, 1536, 2304, 3072]
   # 70 new tokens: three segments, the cache grown twice inside the loop; rescored by one plain forward.
   r = run(prompts=PROMPTS[:2], max_new_tokens=70, key=jax.random.key(2))
-  tokens = np.concatenate([r.prompt_tokens, r.tokens], 1)
-  valid = jnp.asarray(np.concatenate([r.prompt_valid, r.mask], 1))
-  out, _ = model.forward(PARAMS, CFG, jnp.asarray(tokens), model.positions_from_valid(valid), valid)
-  lp = log_softmax(np.asarray(out)[:, r.prompt_tokens.shape[1] - 1:-1])
   assert r.mask.all()
-  assert np.abs(np.take_along_axis(lp, r.tokens[..., None], -1)[..., 0] - r.logprobs).max() < 1e-4
+  assert np.abs(logprobs_of(rescore(r), r.tokens) - r.logprobs).max() < 1e-4
 
 
 def test_bfloat16_policy_close_to_forward():
@@ -153,11 +152,7 @@ def test_bfloat16_policy_close_to_forward():
   params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), PARAMS)
   r = jax.tree.map(np.asarray, sample.sample(params, cfg, PROMPTS, num_samples=G, max_new_tokens=N,
                                              temperature=1.0, key=jax.random.key(2), eos_ids=[]))
-  valid = jnp.asarray(np.concatenate([r.prompt_valid, r.mask], 1))
-  tokens = jnp.asarray(np.concatenate([r.prompt_tokens, r.tokens], 1))
-  out, _ = model.forward(params, cfg, tokens, model.positions_from_valid(valid), valid)
-  lp = log_softmax(np.asarray(out)[:, r.prompt_tokens.shape[1] - 1:-1])
-  diff = np.abs(np.take_along_axis(lp, r.tokens[..., None], -1)[..., 0] - r.logprobs)
+  diff = np.abs(logprobs_of(rescore(r, params, cfg), r.tokens) - r.logprobs)
   assert diff.max() < 0.1 and diff.mean() < 0.02
 
 
@@ -332,9 +327,6 @@ def test_family_parts_in_the_decode_step():
   params = random_params(FAMILY_CFG, seed=3)
   r = jax.tree.map(np.asarray, sample.sample(params, FAMILY_CFG, PROMPTS, num_samples=G, max_new_tokens=N,
                                              temperature=1.0, key=jax.random.key(5), eos_ids=[]))
-  tokens = np.concatenate([r.prompt_tokens, r.tokens], 1)
-  valid = jnp.asarray(np.concatenate([r.prompt_valid, r.mask], 1))
-  out, _ = model.forward(params, FAMILY_CFG, jnp.asarray(tokens), model.positions_from_valid(valid), valid)
-  logits = np.asarray(out)[:, r.prompt_tokens.shape[1] - 1:-1]
-  assert np.abs(np.take_along_axis(log_softmax(logits), r.tokens[..., None], -1)[..., 0] - r.logprobs).max() < 1e-4
+  logits = rescore(r, params, FAMILY_CFG)
+  assert np.abs(logprobs_of(logits, r.tokens) - r.logprobs).max() < 1e-4
   check_statistics(r, logits)
