@@ -28,6 +28,11 @@ Comparing two policies (before / after training) on the same prompts with the sa
 takes the per-prompt differences of avg@k: their standard error is much smaller than either interval, because
 the prompts' difficulty cancels. `early_stopping_step` picks a checkpoint by a small labelled validation split.
 """
+import hostmem
+
+if __name__ == '__main__':
+  hostmem.keep_freed_memory()   # first: on the CPU, XLA's freed scratch stays for its next call (hostmem.py)
+
 import json
 import math
 import os

@@ -22,6 +22,11 @@ Where this departs from the paper's code (a fork of verl):
     RLOO) or into the loss (default with GRPO); with --kl_coef=0 (the default) it is only logged.
 Left out on purpose: critic models, sequence packing and asynchronous rollouts (the paper's SRT runs use none).
 """
+import hostmem
+
+if __name__ == '__main__':
+  hostmem.keep_freed_memory()   # first: on the CPU, XLA's freed scratch stays for its next call (hostmem.py)
+
 import dataclasses
 import functools
 import os

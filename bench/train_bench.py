@@ -28,6 +28,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import hostmem  # noqa: E402
+
+# As train.py does, before numpy and JAX start threads (--no-keep_freed_memory: glibc's defaults, for comparison)
+KEPT = __name__ == '__main__' and '--no-keep_freed_memory' not in sys.argv and hostmem.keep_freed_memory()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -147,6 +152,8 @@ def main():
   p.add_argument('--steps', type=int, default=3, help='timed calls per measurement (the best counts)')
   p.add_argument('--repeats', type=int, default=2)
   p.add_argument('--torch', action=argparse.BooleanOptionalAction, default=True)
+  p.add_argument('--keep_freed_memory', action=argparse.BooleanOptionalAction, default=True,
+                 help='hostmem.keep_freed_memory() first, as train.py (read from sys.argv before JAX starts)')
   args = p.parse_args()
   cfg, rows, Tp, N = CFG, args.num_prompts * args.num_samples, args.prompt_len, args.response_len
   rl = train.RLConfig(learning_rate=1e-6, temperature=1.0)
@@ -156,7 +163,7 @@ def main():
   flops, matmul, attention = step_flops(cfg, rows, Tp, N)
   print(f'policy: {n_params / 1e6:.1f}M parameters; batch {args.num_prompts} prompts x {args.num_samples} samples x '
         f'({Tp} + {N}) tokens = {rows * (Tp + N)} tokens; {jax.device_count()} JAX device(s), '
-        f'{os.cpu_count()} CPU cores')
+        f'{os.cpu_count()} CPU cores; freed host memory kept for reuse (hostmem.py): {"yes" if KEPT else "no"}')
   params, fns, xla_flops, jax_logp = jax_fns(cfg, batch, rl)
   print(f'FLOPs per step: {flops / 1e9:.1f} G by hand ({matmul / 1e9:.1f} G matmuls, {attention / 1e9:.1f} G '
         f'attention); XLA counts {xla_flops / 1e9:.1f} G')

@@ -25,9 +25,14 @@ import os
 import re
 import sys
 
-import jax
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import hostmem  # noqa: E402
+
+if __name__ == '__main__':
+  hostmem.keep_freed_memory()   # as train.py does, before numpy and JAX start threads
+
+import jax  # noqa: E402
+
 import model  # noqa: E402
 import sharding  # noqa: E402
 import update  # noqa: E402
