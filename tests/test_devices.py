@@ -1,5 +1,6 @@
 """Devices: the scripts use every device by default and say so, warn about an accelerator JAX does not see, and
-check before the first step that the update and the sampler fit in the device memory.
+check before the first step that the update and the sampler fit in the device memory; on the CPU, the scripts first
+have glibc keep the host memory XLA frees (hostmem.py).
 
 The end-to-end runs (slow) start train.py and eval.py on 2, 3, 4 and 8 fake CPU devices (XLA_FLAGS
 --xla_force_host_platform_device_count; 1 device is every other test's, 2 per process test_scale.py's two-process
@@ -199,7 +200,6 @@ def test_announce_prints_the_banner_first_then_the_warning(tmp_path, capsys):
   assert capsys.readouterr().out.splitlines() == ['devices: 8 x cpu, mesh data=1 fsdp=8 tensor=1, 1 process']
 
 
-
 def test_freed_host_memory_is_kept_only_for_the_cpu(monkeypatch):
   calls = []
   monkeypatch.setattr(hostmem.ctypes, 'CDLL', lambda _: type('libc', (), {'mallopt': lambda *a: calls.append(a[-2:])
@@ -208,8 +208,14 @@ def test_freed_host_memory_is_kept_only_for_the_cpu(monkeypatch):
   monkeypatch.setattr(hostmem.platform, 'libc_ver', lambda: ('glibc', '2.36'))
   for platforms in ('tpu', 'cuda,cpu', ' rocm'):
     assert hostmem.accelerator_expected(platforms) and not hostmem.keep_freed_memory(platforms)
-  monkeypatch.setattr(hostmem.importlib.util, 'find_spec', lambda name: object() if name == 'libtpu' else None)
-  assert hostmem.accelerator_expected('') and not hostmem.keep_freed_memory('')   # libtpu installed
+  installed = {'jax_plugins': [], 'libtpu': None}   # JAX_PLATFORMS unset: what is installed decides
+  monkeypatch.setattr(hostmem.importlib.metadata, 'entry_points', lambda group: installed[group])
+  monkeypatch.setattr(hostmem.importlib.util, 'find_spec', lambda name: installed[name])
+  assert not hostmem.accelerator_expected('')
+  installed['libtpu'] = object()
+  assert hostmem.accelerator_expected('') and not hostmem.keep_freed_memory('')
+  installed.update(libtpu=None, jax_plugins=['xla_cuda12'])
+  assert hostmem.accelerator_expected('') and not hostmem.keep_freed_memory('')
   assert calls == []
   assert not hostmem.accelerator_expected('cpu') and hostmem.keep_freed_memory('cpu')
   assert calls == [(hostmem.M_MMAP_MAX, 0), (hostmem.M_TRIM_THRESHOLD, 2 ** 31 - 1), (hostmem.M_ARENA_MAX, 1)]
