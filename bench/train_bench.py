@@ -94,9 +94,10 @@ def jax_fns(cfg, batch, rl):
   step = update.make_train_step(cfg, loss_fn, opt, shardings, mesh)
   batch = sharding.global_batch(batch, mesh)
   state = sharding.init_state(opt, params, shardings)
-  fwd = jax.jit(lambda p, b: update.token_logprobs(p, cfg, b['prompt_tokens'], b['prompt_valid'], b['tokens'],
-                                                   b['mask'], rl.temperature))
-  grad = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(p, cfg, b)[0]))
+  jit = lambda f: jax.jit(f, compiler_options=update.compiler_options(mesh))   # as the step's own program
+  fwd = jit(lambda p, b: update.token_logprobs(p, cfg, b['prompt_tokens'], b['prompt_valid'], b['tokens'], b['mask'],
+                                               rl.temperature))
+  grad = jit(jax.value_and_grad(lambda p, b: loss_fn(p, cfg, b)[0]))
   box = {'state': state}
 
   def run_step():
