@@ -8,7 +8,8 @@ so compare the ratios within a repeat):
   ceiling   float32 jnp.dot of two 2048 x 2048 matrices (best of several): the FLOP/s this CPU reaches in XLA;
   step      update.make_train_step with update.policy_loss and AdamW (what train.py runs), one device;
   fwd       the log-probs of the batch (update.token_logprobs) alone;
-  fwd+bwd   the policy loss and its gradient, no optimizer;
+  fwd+bwd   the policy loss and its gradient, no optimizer (fwd and fwd+bwd compile as the step does:
+            update.compiler_options, XLA's own fused kernels on the CPU; --no-xla_kernels: XLA:CPU's defaults);
   torch     transformers' Qwen2ForCausalLM (PyTorch) on the same weights (saved with hf.save_checkpoint):
             the same loss (token-mean of -A log p over the response tokens) forward and backward.
 FLOPs per step, counted by hand: 6 x (matmul parameters of the layers x all B*T tokens + the LM head x the B*N
@@ -155,7 +156,12 @@ def main():
   p.add_argument('--torch', action=argparse.BooleanOptionalAction, default=True)
   p.add_argument('--keep_freed_memory', action=argparse.BooleanOptionalAction, default=True,
                  help='hostmem.keep_freed_memory() first, as train.py (read from sys.argv before JAX starts)')
+  p.add_argument('--xla_kernels', action=argparse.BooleanOptionalAction, default=True,
+                 help="XLA's own fused kernels on the CPU, as train.py (update.compiler_options); "
+                      "--no-xla_kernels: XLA:CPU's defaults (YNNPACK's), for comparison")
   args = p.parse_args()
+  if not args.xla_kernels:
+    update.compiler_options = lambda mesh: None
   cfg, rows, Tp, N = CFG, args.num_prompts * args.num_samples, args.prompt_len, args.response_len
   rl = train.RLConfig(learning_rate=1e-6, temperature=1.0)
   batch = make_batch(rows, Tp, N, cfg.vocab_size)
@@ -164,7 +170,8 @@ def main():
   flops, matmul, attention = step_flops(cfg, rows, Tp, N)
   print(f'policy: {n_params / 1e6:.1f}M parameters; batch {args.num_prompts} prompts x {args.num_samples} samples x '
         f'({Tp} + {N}) tokens = {rows * (Tp + N)} tokens; {jax.device_count()} JAX device(s), '
-        f'{os.cpu_count()} CPU cores; freed host memory kept for reuse (hostmem.py): {"yes" if KEPT else "no"}')
+        f'{os.cpu_count()} CPU cores; freed host memory kept for reuse (hostmem.py): {"yes" if KEPT else "no"}; '
+        f'XLA\'s own fused kernels, not YNNPACK\'s (update.compiler_options): {"yes" if args.xla_kernels else "no"}')
   params, fns, xla_flops, jax_logp = jax_fns(cfg, batch, rl)
   print(f'FLOPs per step: {flops / 1e9:.1f} G by hand ({matmul / 1e9:.1f} G matmuls, {attention / 1e9:.1f} G '
         f'attention); XLA counts {xla_flops / 1e9:.1f} G')

@@ -16,14 +16,23 @@ update.py name the scopes `norm`, `rope`, `attention` and `head`):
   optimizer         everything after the gradient: the global norm, clipping, AdamW, applying the update
   other             elementwise work between them: SwiGLU, residual adds, the embedding lookup and its
                     gradient, casts, copies
-XLA runs independent ops at the same time on different cores, so the ops' times add up to more than the wall
-time when it does; the shares are of the ops' total.
+Each op's time is its share of the wall time, from its start to its end, with every moment split evenly among
+the ops running then, on either core; so the groups add up to the time some op was running (the rest is the
+executor between ops). On the CPU the step compiles with XLA's own kernels (update.compiler_options), which hand
+a dot's work to their thread pool: the dot's trace event ends at the handover, and its end is the later
+'end: <op>' event that marks the work done. --no-xla_kernels: XLA:CPU's defaults.
 """
 import argparse
+import bisect
 import collections
+import glob
+import gzip
+import json
 import os
 import re
 import sys
+import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hostmem  # noqa: E402
@@ -36,7 +45,7 @@ import jax  # noqa: E402
 import model  # noqa: E402
 import sharding  # noqa: E402
 import update  # noqa: E402
-from bench.sample_profile import hlo_ops, op_times  # noqa: E402
+from bench.sample_profile import hlo_ops  # noqa: E402
 from bench.train_bench import CFG, batch_args, make_batch  # noqa: E402
 
 GROUPS = ('layer matmuls', 'attention', 'norms + rotary', 'head', 'layer stacking', 'optimizer', 'other')
@@ -61,10 +70,64 @@ def group(op: str, meta: str) -> str:
   return 'other'
 
 
+def op_spans(fn, ops) -> tuple[float, list[tuple[str, float, float]]]:
+  """fn() once under the JAX profiler: (wall seconds, [(op name, start, end)] in microseconds) for the HLO ops
+  in `ops`. An op's end is the 'end: <op>' event after its start where there is one (work handed to a thread
+  pool), else the end of its own event."""
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d):
+      t = time.perf_counter()
+      fn()
+      wall = time.perf_counter() - t
+    trace = json.load(gzip.open(glob.glob(os.path.join(d, '**', '*.trace.json.gz'), recursive=True)[0]))
+  return wall, spans_of(trace['traceEvents'], ops)
+
+
+def spans_of(events, ops) -> list[tuple[str, float, float]]:
+  """[(op name, start, end)] of the trace's complete events for the HLO ops in `ops`."""
+  starts, ends = [], collections.defaultdict(list)
+  for e in events:
+    if e.get('ph') != 'X':
+      continue
+    if e['name'] in ops:
+      starts.append((e['name'], e['ts'], e['ts'] + e['dur']))
+    elif e['name'].startswith('end: ') and e['name'][5:] in ops:
+      ends[e['name'][5:]].append(e['ts'] + e['dur'])
+  spans = []
+  for name, a, b in sorted(starts, key=lambda s: s[1]):
+    later = sorted(ends[name])
+    i = bisect.bisect_left(later, a)
+    if i < len(later):
+      b = max(b, later.pop(i))
+      ends[name] = later
+    spans.append((name, a, b))
+  return spans
+
+
+def wall_ms(spans) -> collections.Counter:
+  """Op name -> milliseconds of wall time: every moment split evenly among the spans running then."""
+  edges = sorted([(a, 1, i) for i, (_, a, _) in enumerate(spans)] + [(b, -1, i) for i, (_, _, b) in enumerate(spans)])
+  out, running, last = collections.Counter(), set(), None
+  for t, kind, i in edges:
+    if running and t > last:
+      for j in running:
+        out[spans[j][0]] += (t - last) / len(running) / 1e3
+    if kind == 1:
+      running.add(i)
+    else:
+      running.discard(i)
+    last = t
+  return out
+
+
 def main():
   p = batch_args(argparse.ArgumentParser(description=__doc__.split('\n')[0]))
   p.add_argument('--top', type=int, default=0, help='also list the N slowest ops (group, shape, JAX name)')
+  p.add_argument('--xla_kernels', action=argparse.BooleanOptionalAction, default=True,
+                 help="as train.py (update.compiler_options); --no-xla_kernels: XLA:CPU's defaults (YNNPACK's)")
   args = p.parse_args()
+  if not args.xla_kernels:
+    update.compiler_options = lambda mesh: None
   cfg, rows = CFG, args.num_prompts * args.num_samples
   mesh = sharding.make_mesh((1, 1, 1))
   params = model.init_params(cfg, jax.random.key(0))
@@ -82,17 +145,16 @@ def main():
     nonlocal state
     state, aux = step(state, batch)
     jax.block_until_ready(aux)
-  wall, times = op_times(one_step)
+  wall, spans = op_spans(one_step, ops)
   total = collections.defaultdict(float)   # (group, 'fwd' | 'bwd') -> ms
-  per_op = collections.Counter()
-  for name, ms in times.items():
-    if name in ops:
-      shape, op, meta = ops[name]
-      total[group(op, meta), 'bwd' if 'transpose(' in meta else 'fwd'] += ms
-      per_op[name] += ms
+  per_op = wall_ms(spans)
+  for name, ms in per_op.items():
+    shape, op, meta = ops[name]
+    total[group(op, meta), 'bwd' if 'transpose(' in meta else 'fwd'] += ms
   busy = sum(total.values())
   print(f'policy {cfg.num_layers} layers, d_model {cfg.d_model}; batch {rows} rows x ({args.prompt_len} + '
-        f'{args.response_len}) tokens; step {wall * 1e3:.0f} ms wall, {busy:.0f} ms in ops')
+        f'{args.response_len}) tokens; XLA\'s own fused kernels (update.compiler_options): '
+        f'{"yes" if args.xla_kernels else "no"}; step {wall * 1e3:.0f} ms wall, {busy:.0f} ms with ops running')
   print(f'  {"group":16s} {"forward":>10s} {"backward":>10s} {"total":>10s} {"share":>7s}')
   for g in sorted(GROUPS, key=lambda g: -(total[g, 'fwd'] + total[g, 'bwd'])):
     ms = total[g, 'fwd'] + total[g, 'bwd']

@@ -5,6 +5,7 @@ All on the eight fake CPU devices of conftest.py, with configs small enough to c
 """
 import os
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +109,47 @@ def test_every_mesh_and_micro_batching_give_the_single_device_update(steps):
   batch = random_batch(32)
   count = lambda rows: (batch['mask'][rows] * batch['row_weight'][rows, None]).sum()
   assert abs(count(slice(0, None, 4)) * 4 - count(slice(None))) > 1
+
+
+def test_the_cpu_update_skips_ynnpack_and_gives_the_plain_update(monkeypatch):
+  """On the CPU the update compiles with XLA's own fused kernels (update.compiler_options): its program holds no
+  YNNPACK fusion where the same step with XLA's defaults holds some, and two steps of each agree (the kernels sum
+  in another order: ~1e-7, magnified by AdamW as in the test above). Accelerators keep their defaults."""
+  params, batch, mesh = model.init_params(CFG, jax.random.key(0)), random_batch(32), sharding.make_mesh((1, 1, 1))
+
+  def build():
+    opt = update.make_optimizer(LR)
+    shardings = sharding.state_shardings(opt, params, sharding.param_shardings(CFG, mesh), mesh)
+    state, b = sharding.init_state(opt, params, shardings), sharding.global_batch(batch, mesh)
+    step = update.make_train_step(CFG, LOSS, opt, shardings, mesh)
+    hlo = step.lower(state, b).compile().as_text()
+    state, _ = step(state, b)
+    return hlo, step(state, b)
+  hlo, (state, aux) = build()
+  monkeypatch.setattr(update, 'compiler_options', lambda mesh: None)
+  plain_hlo, (plain_state, plain_aux) = build()
+  assert 'ynn_fusion' in plain_hlo and 'ynn_fusion' not in hlo
+  for k in aux:
+    np.testing.assert_allclose(float(aux[k]), float(plain_aux[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+  for a, b in zip(jax.tree.leaves(plain_state), jax.tree.leaves(state), strict=True):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4, rtol=1e-4)
+  gpu = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform='gpu')]))
+  monkeypatch.undo()
+  assert update.compiler_options(gpu) is None
+
+
+def test_the_profile_splits_wall_time_among_the_ops_running():
+  """bench/train_profile.py's attribution, on spans worked out by hand (microseconds): a runs 0-4, b 2-6 (its own
+  event ends at 3, its 'end: b' at 6), c 8-9. 0-2 a alone, 2-4 a and b (1 each), 4-6 b alone, 8-9 c."""
+  import train_profile
+  ops = {'a': None, 'b': None, 'c': None}
+  events = [{'ph': 'X', 'name': 'a', 'ts': 0, 'dur': 4}, {'ph': 'X', 'name': 'b', 'ts': 2, 'dur': 1},
+            {'ph': 'X', 'name': 'end: b', 'ts': 5.5, 'dur': 0.5}, {'ph': 'X', 'name': 'c', 'ts': 8, 'dur': 1},
+            {'ph': 'X', 'name': 'ThunkExecutor::Execute', 'ts': 0, 'dur': 9}]
+  spans = train_profile.spans_of(events, ops)
+  assert sorted(spans) == [('a', 0, 4), ('b', 2, 6), ('c', 8, 9)]
+  ms = train_profile.wall_ms(spans)
+  assert ms == {'a': pytest.approx(3e-3), 'b': pytest.approx(3e-3), 'c': pytest.approx(1e-3)}
 
 
 def test_micro_batches_must_divide():
