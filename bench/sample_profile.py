@@ -55,16 +55,22 @@ def hlo_ops(compiled) -> dict[str, tuple[str, str, str]]:
   return ops
 
 
-def op_times(fn) -> tuple[float, collections.Counter]:
-  """fn() once under the JAX profiler: (wall seconds, op name -> milliseconds in its trace events)."""
+def trace_events(fn) -> tuple[float, list[dict]]:
+  """fn() once under the JAX profiler: (wall seconds, the trace's events)."""
   with tempfile.TemporaryDirectory() as d:
     with jax.profiler.trace(d):
       t = time.perf_counter()
       fn()
       wall = time.perf_counter() - t
     trace = json.load(gzip.open(glob.glob(os.path.join(d, '**', '*.trace.json.gz'), recursive=True)[0]))
+  return wall, trace['traceEvents']
+
+
+def op_times(fn) -> tuple[float, collections.Counter]:
+  """fn() once under the JAX profiler: (wall seconds, op name -> milliseconds in its trace events)."""
+  wall, events = trace_events(fn)
   times = collections.Counter()
-  for e in trace['traceEvents']:
+  for e in events:
     if e.get('ph') == 'X':
       times[e['name']] += e['dur'] / 1e3
   return wall, times

@@ -25,14 +25,9 @@ a dot's work to their thread pool: the dot's trace event ends at the handover, a
 import argparse
 import bisect
 import collections
-import glob
-import gzip
-import json
 import os
 import re
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hostmem  # noqa: E402
@@ -45,7 +40,7 @@ import jax  # noqa: E402
 import model  # noqa: E402
 import sharding  # noqa: E402
 import update  # noqa: E402
-from bench.sample_profile import hlo_ops  # noqa: E402
+from bench.sample_profile import hlo_ops, trace_events  # noqa: E402
 from bench.train_bench import CFG, batch_args, make_batch  # noqa: E402
 
 GROUPS = ('layer matmuls', 'attention', 'norms + rotary', 'head', 'layer stacking', 'optimizer', 'other')
@@ -74,13 +69,8 @@ def op_spans(fn, ops) -> tuple[float, list[tuple[str, float, float]]]:
   """fn() once under the JAX profiler: (wall seconds, [(op name, start, end)] in microseconds) for the HLO ops
   in `ops`. An op's end is the 'end: <op>' event after its start where there is one (work handed to a thread
   pool), else the end of its own event."""
-  with tempfile.TemporaryDirectory() as d:
-    with jax.profiler.trace(d):
-      t = time.perf_counter()
-      fn()
-      wall = time.perf_counter() - t
-    trace = json.load(gzip.open(glob.glob(os.path.join(d, '**', '*.trace.json.gz'), recursive=True)[0]))
-  return wall, spans_of(trace['traceEvents'], ops)
+  wall, events = trace_events(fn)
+  return wall, spans_of(events, ops)
 
 
 def spans_of(events, ops) -> list[tuple[str, float, float]]:
