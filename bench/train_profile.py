@@ -65,16 +65,10 @@ def group(op: str, meta: str) -> str:
   return 'other'
 
 
-def op_spans(fn, ops) -> tuple[float, list[tuple[str, float, float]]]:
-  """fn() once under the JAX profiler: (wall seconds, [(op name, start, end)] in microseconds) for the HLO ops
-  in `ops`. An op's end is the 'end: <op>' event after its start where there is one (work handed to a thread
-  pool), else the end of its own event."""
-  wall, events = trace_events(fn)
-  return wall, spans_of(events, ops)
-
-
 def spans_of(events, ops) -> list[tuple[str, float, float]]:
-  """[(op name, start, end)] of the trace's complete events for the HLO ops in `ops`."""
+  """[(op name, start, end)] in microseconds of the trace's complete events for the HLO ops in `ops`. An op's end
+  is the first 'end: <op>' event after its start where there is one (work handed to a thread pool), else the end
+  of its own event."""
   starts, ends = [], collections.defaultdict(list)
   for e in events:
     if e.get('ph') != 'X':
@@ -83,13 +77,14 @@ def spans_of(events, ops) -> list[tuple[str, float, float]]:
       starts.append((e['name'], e['ts'], e['ts'] + e['dur']))
     elif e['name'].startswith('end: ') and e['name'][5:] in ops:
       ends[e['name'][5:]].append(e['ts'] + e['dur'])
+  for times in ends.values():
+    times.sort()
   spans = []
   for name, a, b in sorted(starts, key=lambda s: s[1]):
-    later = sorted(ends[name])
+    later = ends[name]
     i = bisect.bisect_left(later, a)
     if i < len(later):
       b = max(b, later.pop(i))
-      ends[name] = later
     spans.append((name, a, b))
   return spans
 
@@ -135,7 +130,8 @@ def main():
     nonlocal state
     state, aux = step(state, batch)
     jax.block_until_ready(aux)
-  wall, spans = op_spans(one_step, ops)
+  wall, events = trace_events(one_step)
+  spans = spans_of(events, ops)
   total = collections.defaultdict(float)   # (group, 'fwd' | 'bwd') -> ms
   per_op = wall_ms(spans)
   for name, ms in per_op.items():
