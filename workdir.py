@@ -200,7 +200,7 @@ def _drop_failed_call_leftovers():
   an unraisable "RuntimeError: Event loop is closed" (when it completes onto the closed loop), an asyncio "exception
   was never retrieved" record, a "coroutine was never awaited" warning. The caller has already turned the one
   failure that matters into one line, so these are dropped, from the first save or restore on. Every other
-  unraisable exception, asyncio record and warning goes where it went before."""
+  unraisable exception, asyncio record and warning is still reported."""
   previous = sys.unraisablehook
   if not getattr(previous, 'drops_orbax_leftovers', False):   # installed once (again if another replaced it)
     def hook(unraisable):
@@ -211,8 +211,19 @@ def _drop_failed_call_leftovers():
   asyncio_logger = logging.getLogger('asyncio')
   if not any(isinstance(f, _DropLeftovers) for f in asyncio_logger.filters):
     asyncio_logger.addFilter(_DropLeftovers())
-  warnings.filterwarnings('ignore', message=r'coroutine .* was never awaited', category=RuntimeWarning,
-                          module=r'orbax\.')   # an identical filter replaces the one there was
+  # "never awaited" is warned from wherever the coroutine was dropped (often asyncio's own code), so it is told
+  # apart by the coroutine itself, which CPython hands to this hook of the warnings module.
+  warn = getattr(warnings, '_warn_unawaited_coroutine', None)
+  if warn is not None and not getattr(warn, 'drops_orbax_leftovers', False):
+    def warn_unless_orbax(coro):
+      if _orbax_file(getattr(getattr(coro, 'cr_code', None), 'co_filename', '')):
+        return
+      if getattr(coro, 'cr_origin', None) is None:   # the hook's own warning, from the frame it would name
+        warnings.warn(f"coroutine '{coro.__qualname__}' was never awaited", RuntimeWarning, stacklevel=2, source=coro)
+      else:
+        warn(coro)
+    warn_unless_orbax.drops_orbax_leftovers = True
+    warnings._warn_unawaited_coroutine = warn_unless_orbax
 
 
 @contextlib.contextmanager
