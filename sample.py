@@ -338,7 +338,8 @@ def _rollout(params, weights, tokens, valid, key, temperature, top_p, eos_table,
     prefill_params, layers = params, jax.lax.optimization_barrier(decode_weights(params, cfg))
   else:
     prefill_params, layers = dict(params, layers=weights[0]), weights[1]
-  _, prefill = model.forward(prefill_params, cfg, tokens[:, :-1], positions[:, :-1], valid[:, :-1], prefill)
+  with jax.named_scope('prefill'):   # its ops carry the name (bench/sample_profile.py groups them by it)
+    _, prefill = model.forward(prefill_params, cfg, tokens[:, :-1], positions[:, :-1], valid[:, :-1], prefill)
 
   # 2) Repeat for the G samples (rows of one prompt are adjacent, so they stay on the prompt's device), in the
   #    decode layout with room for the first segment's slots (the last prompt token, then sampled ones); each

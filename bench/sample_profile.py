@@ -33,7 +33,7 @@ from bench.sample_bench import CONFIG, make_prompts  # noqa: E402
 
 def group(shape: str, op: str, meta: str, cfg: model.Config) -> str:
   dims = [int(d) for d in re.findall(r'\d+', shape.split('{')[0][4:])] if shape.startswith('f32[') else []
-  if 'closed_call' in meta:
+  if '/prefill/' in meta:   # sample.py's named scope
     return 'prefill'
   if 'log_softmax' in meta or 'cumsum' in meta or (len(dims) == 2 and dims[1] == cfg.vocab_size):
     return 'head + sampling'

@@ -2,6 +2,7 @@
 
     python bench/train_bench.py                       # 25M-parameter policy, 4 prompts x 4 samples x (32 + 128)
     python bench/train_bench.py --num_prompts=16 --num_samples=8 --steps=2   # 3 TFLOP a step: minutes on 2 cores
+    python bench/train_bench.py --compare --repeats=5   # XLA:CPU's defaults beside XLA's own kernels, alternating
 
 Measured in one process, side by side, `--repeats` times (other work on the machine moves all numbers together,
 so compare the ratios within a repeat):
@@ -9,7 +10,8 @@ so compare the ratios within a repeat):
   step      update.make_train_step with update.policy_loss and AdamW (what train.py runs), one device;
   fwd       the log-probs of the batch (update.token_logprobs) alone;
   fwd+bwd   the policy loss and its gradient, no optimizer (fwd and fwd+bwd compile as the step does:
-            update.compiler_options, XLA's own fused kernels on the CPU; --no-xla_kernels: XLA:CPU's defaults);
+            update.compiler_options, XLA's own fused kernels on the CPU; --no-xla_kernels: XLA:CPU's defaults;
+            --compare: both, alternating in each repeat, and the ratio of their times);
   torch     transformers' Qwen2ForCausalLM (PyTorch) on the same weights (saved with hf.save_checkpoint):
             the same loss (token-mean of -A log p over the response tokens) forward and backward.
 FLOPs per step, counted by hand: 6 x (matmul parameters of the layers x all B*T tokens + the LM head x the B*N
@@ -43,6 +45,7 @@ import model  # noqa: E402
 import sharding  # noqa: E402
 import train  # noqa: E402
 import update  # noqa: E402
+from bench.sample_bench import cpu_line  # noqa: E402
 
 CFG = model.Config(vocab_size=2048, d_model=512, num_layers=8, num_heads=8, num_kv_heads=2, head_dim=64,
                    mlp_dim=1408, tie_embeddings=True)
@@ -159,7 +162,12 @@ def main():
   p.add_argument('--xla_kernels', action=argparse.BooleanOptionalAction, default=True,
                  help="XLA's own fused kernels on the CPU, as train.py (update.compiler_options); "
                       "--no-xla_kernels: XLA:CPU's defaults (YNNPACK's), for comparison")
+  p.add_argument('--compare', action='store_true',
+                 help="also time fwd+bwd and the step compiled with XLA:CPU's defaults, alternating with the rest, "
+                      "and end with the median ratio of the two")
   args = p.parse_args()
+  if args.compare and not args.xla_kernels:
+    p.error('--compare times both XLA\'s own kernels and XLA:CPU\'s defaults: drop --no-xla_kernels')
   if not args.xla_kernels:
     update.compiler_options = lambda mesh: None
   cfg, rows, Tp, N = CFG, args.num_prompts * args.num_samples, args.prompt_len, args.response_len
@@ -170,11 +178,18 @@ def main():
   flops, matmul, attention = step_flops(cfg, rows, Tp, N)
   print(f'policy: {n_params / 1e6:.1f}M parameters; batch {args.num_prompts} prompts x {args.num_samples} samples x '
         f'({Tp} + {N}) tokens = {rows * (Tp + N)} tokens; {jax.device_count()} JAX device(s), '
-        f'{os.cpu_count()} CPU cores; freed host memory kept for reuse (hostmem.py): {"yes" if KEPT else "no"}; '
+        f'{os.cpu_count()} CPU cores ({cpu_line()}); '
+        f'freed host memory kept for reuse (hostmem.py): {"yes" if KEPT else "no"}; '
         f'XLA\'s own fused kernels, not YNNPACK\'s (update.compiler_options): {"yes" if args.xla_kernels else "no"}')
   params, fns, xla_flops, jax_logp = jax_fns(cfg, batch, rl)
   print(f'FLOPs per step: {flops / 1e9:.1f} G by hand ({matmul / 1e9:.1f} G matmuls, {attention / 1e9:.1f} G '
         f'attention); XLA counts {xla_flops / 1e9:.1f} G')
+  if args.compare:   # the same weights and batch, compiled with XLA:CPU's defaults
+    own = update.compiler_options
+    update.compiler_options = lambda mesh: None
+    _, defaults, _, _ = jax_fns(cfg, batch, rl)
+    update.compiler_options = own
+    fns.update({'fwd+bwd defaults': defaults['fwd+bwd'], 'step defaults': defaults['step']})
   if args.torch:
     import torch
     tfns, torch_logp = torch_fns(cfg, params, batch, os.cpu_count())
@@ -184,12 +199,13 @@ def main():
   for f in fns.values():   # compile / warm up
     jax.block_until_ready(f())
   # FLOPs of each measurement: the forward is a third of fwd+bwd (the backward does twice the forward's work).
-  work = {'step': flops, 'fwd+bwd': flops, 'fwd': flops / 3, 'torch fwd+bwd': flops, 'torch fwd': flops / 3}
+  work = {'step': flops, 'fwd+bwd': flops, 'fwd': flops / 3, 'torch fwd+bwd': flops, 'torch fwd': flops / 3,
+          'fwd+bwd defaults': flops, 'step defaults': flops}
   print(f'\neach cell: best seconds of {args.steps} calls, and the share of the matmul ceiling measured just before '
         f'and after it (their mean)')
   print(f'{"repeat":>6} {"ceiling GFLOP/s":>16} ' + ' '.join(f'{k:>19}' for k in fns) + f' {"step tok/s":>11}'
         + (f' {"jax/torch fwd+bwd":>17}' if args.torch else ''))
-  speedups, step_shares = [], []
+  speedups, step_shares, own_time = [], [], {'fwd+bwd': [], 'step': []}
   for r in range(args.repeats):
     t, share, peaks = {}, {}, []
     for k, f in fns.items():
@@ -200,6 +216,8 @@ def main():
     line = f'{r + 1:>6} {np.mean(peaks) / 1e9:>16.1f} ' + ' '.join(f'{t[k]:>9.3f} s {share[k]:>6.1%}' for k in fns)
     line += f' {rows * (Tp + N) / t["step"]:>11.0f}'
     step_shares.append(share['step'])
+    for k in own_time if args.compare else ():
+      own_time[k].append(t[k] / t[k + ' defaults'])
     if args.torch:
       speedups.append(t['torch fwd+bwd'] / t['fwd+bwd'])
       line += f' {speedups[-1]:>17.2f}'
@@ -210,6 +228,9 @@ def main():
   if args.torch:
     summary = f'jax/torch fwd+bwd {spread(speedups, lambda x: f"{x:.2f}")}; ' + summary
   print(summary)
+  if args.compare:
+    print("time with XLA's own kernels (update.compiler_options) / with XLA:CPU's defaults: "
+          + ', '.join(f'{k} {spread(v, lambda x: f"{x:.2f}")}' for k, v in own_time.items()))
 
 
 if __name__ == '__main__':
