@@ -56,7 +56,7 @@ def timed(fn) -> float:
 def cpu_line() -> str:
   """The CPU's name, family/model and widest vector unit, from /proc/cpuinfo where there is one. Ceilings differ
   from CPU to CPU, and so do the peers' kernels: PyTorch's float32 matmuls ran at half XLA's speed on one machine
-  (an AMD EPYC with AVX-512) and faster than XLA's on another."""
+  (an AMD EPYC with AVX-512) and about as fast as XLA's on another (an Intel Xeon)."""
   info = {}
   if os.path.exists('/proc/cpuinfo'):
     with open('/proc/cpuinfo') as f:
